@@ -1,0 +1,101 @@
+"""Pure-PyTorch chunked GLA: the `torch` backend (CPU, tests, reference for the kernels).
+
+Recurrence, per batch and head (gates g in log space, g <= 0):
+    S_t = diag(exp g_t) S_{t-1} + k_t^T v_t,      o_t = scale * q_t S_t.
+Within a chunk of C steps with in-chunk cumulative gates b_t = g_1 + ... + g_t:
+    o_t = scale * [ (q_t * e^{b_t}) S_in + sum_{s<=t} <q_t, k_s * e^{b_t - b_s}> v_s ]
+    S_out = e^{b_C} * S_in + sum_s (k_s * e^{b_C - b_s})^T v_s
+Every exponent above is <= 0, so strong decay underflows to 0 instead of overflowing.
+Arithmetic is float32 (float64 for float64 inputs); outputs take the input dtype.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+CHUNK = 32
+
+
+def _to_chunks(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[B, T, H, D] -> [B, H, N, C, D], zero-padded at the end (causal: padding never leaks back)."""
+    B, T, H, D = x.shape
+    pad = -T % CHUNK
+    x = F.pad(x.to(dtype), (0, 0, 0, 0, 0, pad))
+    return x.view(B, (T + pad) // CHUNK, CHUNK, H, D).permute(0, 3, 1, 2, 4)
+
+
+def _from_chunks(x: torch.Tensor, T: int, dtype: torch.dtype) -> torch.Tensor:
+    B, H, N, C, D = x.shape
+    return x.permute(0, 2, 3, 1, 4).reshape(B, N * C, H, D)[:, :T].to(dtype)
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _pairwise_decay(b: torch.Tensor) -> torch.Tensor:
+    """e^{b_t - b_s} for s <= t, else 0: [B, H, N, C(t), C(s), K]."""
+    diff = b.unsqueeze(-2) - b.unsqueeze(-3)
+    causal = torch.ones(CHUNK, CHUNK, dtype=torch.bool, device=b.device).tril()
+    return diff.masked_fill(~causal[:, :, None], float("-inf")).exp()
+
+
+def _incoming_states(k_to_end: torch.Tensor, v: torch.Tensor, chunk_decay: torch.Tensor) -> torch.Tensor:
+    """State entering each chunk, [B, H, N, K, V]; the scan over chunks is the only sequential part."""
+    contribution = k_to_end.transpose(-1, -2) @ v
+    states = torch.zeros_like(contribution)
+    for n in range(1, contribution.shape[2]):
+        states[:, :, n] = chunk_decay[:, :, n - 1, :, None] * states[:, :, n - 1] + contribution[:, :, n - 1]
+    return states
+
+
+def _prepare(q, k, v, g):
+    dtype = _compute_dtype(q)
+    q, k, v, g = (_to_chunks(x, dtype) for x in (q, k, v, g))
+    b = g.cumsum(-2)
+    return q, k, v, b
+
+
+def gla_forward(q, k, v, g, scale: float) -> torch.Tensor:
+    """Plain causal GLA. q, k, g: [B, T, H, K]; v: [B, T, H, V] -> o: [B, T, H, V]."""
+    T, out_dtype = q.shape[1], v.dtype
+    q, k, v, b = _prepare(q, k, v, g)
+    decay = _pairwise_decay(b)
+    scores = torch.einsum("bhntk,bhnsk,bhntsk->bhnts", q, k, decay)
+    states = _incoming_states(k * (b[..., -1:, :] - b).exp(), v, b[..., -1, :].exp())
+    o = scale * (scores @ v + (q * b.exp()) @ states)
+    return _from_chunks(o, T, out_dtype)
+
+
+def gla_backward(q, k, v, g, do, scale: float):
+    """Gradients (dq, dk, dv, dg) of `gla_forward` given do = dL/do."""
+    T = q.shape[1]
+    dtypes = (q.dtype, k.dtype, v.dtype, g.dtype)
+    q, k, v, b = _prepare(q, k, v, g)
+    do = _to_chunks(do, q.dtype)
+    decay = _pairwise_decay(b)
+    q_from_start = q * b.exp()
+    to_end = (b[..., -1:, :] - b).exp()
+    chunk_decay = b[..., -1, :].exp()
+    states = _incoming_states(k * to_end, v, chunk_decay)
+
+    # Gradient w.r.t. the state leaving each chunk, scanned from the end.
+    d_states = torch.zeros_like(states)
+    from_this_chunk = scale * q_from_start.transpose(-1, -2) @ do
+    for n in range(states.shape[2] - 2, -1, -1):
+        d_states[:, :, n] = chunk_decay[:, :, n + 1, :, None] * d_states[:, :, n + 1] + from_this_chunk[:, :, n + 1]
+
+    scores = scale * torch.einsum("bhntk,bhnsk,bhntsk->bhnts", q, k, decay)
+    d_scores = scale * (do @ v.transpose(-1, -2))
+    dq = torch.einsum("bhnts,bhnsk,bhntsk->bhntk", d_scores, k, decay)
+    dq = dq + scale * (do @ states.transpose(-1, -2)) * b.exp()
+    dk = torch.einsum("bhnts,bhntk,bhntsk->bhnsk", d_scores, q, decay)
+    dk = dk + (v @ d_states.transpose(-1, -2)) * to_end
+    dv = scores.transpose(-1, -2) @ do + (k * to_end) @ d_states
+
+    # Output depends on the gates only through q_t e^{G_t} and k_s e^{-G_s} (G: global cumulative
+    # gate), so dL/dG_t = q_t dq_t - k_t dk_t and dL/dg_t = sum_{u >= t} dL/dG_u.
+    dG = _from_chunks(q * dq - k * dk, T, dq.dtype)
+    dg = dG.flip(1).cumsum(1).flip(1)
+    grads = (_from_chunks(x, T, x.dtype) for x in (dq, dk, dv))
+    return (*(x.to(dt) for x, dt in zip(grads, dtypes[:3])), dg.to(dtypes[3]))
