@@ -1,0 +1,8 @@
+"""DiG and DiT backbones, the name registry and reference-weight loading."""
+from .dig import DiG, layer_scan_order
+from .dit import DiT
+from .reference_weights import load_reference_state_dict
+from .registry import constructor_arguments, create_model, model_from_config, model_names
+
+__all__ = ["DiG", "DiT", "constructor_arguments", "create_model", "layer_scan_order",
+           "load_reference_state_dict", "model_from_config", "model_names"]

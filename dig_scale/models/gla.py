@@ -1,0 +1,72 @@
+"""The gated linear attention layer of DiG (reference: hustvl/DiG module_dig.GatedLinearAttention)."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from kernels.gla import ScanOrder, scan_gla
+
+
+def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+class GatedRMSNorm(nn.Module):
+    """Per-head RMSNorm(o) * weight * swish(gate), statistics in fp32."""
+
+    def __init__(self, head_dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(head_dim))
+        self.eps = eps
+
+    def forward(self, o: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        o32 = at_least_fp32(o)
+        normed = o32 * torch.rsqrt(o32.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+        return (normed * F.silu(at_least_fp32(gate))).to(o.dtype)
+
+
+class GatedLinearAttention(nn.Module):
+    """GLA with key dim D/2, value dim D, a rank-16 data-dependent forget gate
+    `logsigmoid(W2 W1 x + b) / 16` and a gated RMSNorm output, scanned in a given order."""
+
+    def __init__(self, hidden_size: int, num_heads: int, gate_low_rank_dim: int = 16,
+                 gate_logit_normalizer: float = 16.0, backend: str | None = None):
+        super().__init__()
+        key_dim, value_dim = hidden_size // 2, hidden_size
+        if key_dim % num_heads or value_dim % num_heads:
+            raise ValueError(f"hidden_size/2={key_dim} and hidden_size={value_dim} "
+                             f"must be divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.head_k_dim, self.head_v_dim = key_dim // num_heads, value_dim // num_heads
+        self.gate_logit_normalizer = gate_logit_normalizer
+        self.backend = backend
+        self.q_proj = nn.Linear(hidden_size, key_dim, bias=False)
+        self.k_proj = nn.Linear(hidden_size, key_dim, bias=False)
+        self.v_proj = nn.Linear(hidden_size, value_dim, bias=False)
+        self.g_proj = nn.Linear(hidden_size, value_dim, bias=False)
+        self.gk_proj = nn.Sequential(nn.Linear(hidden_size, gate_low_rank_dim, bias=False),
+                                     nn.Linear(gate_low_rank_dim, key_dim, bias=True))
+        self.o_proj = nn.Linear(value_dim, hidden_size, bias=False)
+        self.out_norm = GatedRMSNorm(self.head_v_dim)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The reference GLA init: Xavier-uniform with gain 2^-2.5 on every projection."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight, gain=2**-2.5)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        nn.init.ones_(self.out_norm.weight)
+
+    def forward(self, x: torch.Tensor, order: ScanOrder, grid: tuple[int, int]) -> torch.Tensor:
+        """x: (N, T, D) in raster order over `grid` -> (N, T, D)."""
+        N, T, _ = x.shape
+        heads = lambda y: y.view(N, T, self.num_heads, -1)  # noqa: E731
+        q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
+        # Gates stay fp32: they are summed over thousands of steps inside the kernel.
+        gk = heads(F.logsigmoid(at_least_fp32(self.gk_proj(x))) / self.gate_logit_normalizer)
+        o = scan_gla(q, k, v, gk, order, grid, backend=self.backend)
+        o = self.out_norm(o, heads(self.g_proj(x)))
+        return self.o_proj(o.reshape(N, T, -1))
