@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kernels.gla import ScanOrder, scan_gla
+from kernels.gla import ScanOrder, backend_fuses, scan_gla
 
 
 def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
@@ -65,6 +65,13 @@ class GatedLinearAttention(nn.Module):
         N, T, _ = x.shape
         heads = lambda y: y.view(N, T, self.num_heads, -1)  # noqa: E731
         q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
+        if backend_fuses(self.backend, x.device):
+            # The kernel applies logsigmoid / normalizer to the raw gate logits and the gated
+            # RMSNorm to its output itself: two fewer passes over (N, T, D) each way.
+            o = scan_gla(q, k, v, heads(self.gk_proj(x)), order, grid, backend=self.backend,
+                         gate_logit_normalizer=self.gate_logit_normalizer, output_gate=heads(self.g_proj(x)),
+                         norm_weight=self.out_norm.weight, norm_eps=self.out_norm.eps)
+            return self.o_proj(o.reshape(N, T, -1))
         # Gates stay fp32: they are summed over thousands of steps inside the kernel.
         gk = heads(F.logsigmoid(at_least_fp32(self.gk_proj(x))) / self.gate_logit_normalizer)
         o = scan_gla(q, k, v, gk, order, grid, backend=self.backend)

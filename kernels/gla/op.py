@@ -21,6 +21,10 @@ class GLABackend:
     forward: Callable
     backward: Callable
     devices: tuple[str, ...]  # device types it runs on
+    # Optional differentiable entry point that takes over `scan_gla` for this backend and also
+    # fuses the gate activation and output norm (see `scan_gla`):
+    #   scan(q, k, v, g, order, grid, scale, gate_logit_normalizer, output_gate, norm_weight, norm_eps) -> out
+    scan: Callable | None = None
 
 
 _BACKENDS: dict[str, GLABackend] = {}
@@ -35,9 +39,10 @@ def available_backends() -> list[str]:
 
 
 def resolve_backend(backend: str | None, device: torch.device) -> str:
-    """`None`/"auto": the fastest backend registered for the device type; else check the name."""
+    """`None`/"auto": the fastest backend registered for the device type (Triton only on CUDA,
+    even where the Triton interpreter could run it on CPU); else check the name."""
     if backend in (None, "auto"):
-        for name in ("triton", "torch"):
+        for name in ("triton", "torch") if device.type == "cuda" else ("torch",):
             if name in _BACKENDS and device.type in _BACKENDS[name].devices:
                 return name
     if backend not in _BACKENDS:
@@ -45,6 +50,15 @@ def resolve_backend(backend: str | None, device: torch.device) -> str:
     if device.type not in _BACKENDS[backend].devices:
         raise ValueError(f"GLA backend {backend!r} does not run on {device.type} tensors")
     return backend
+
+
+def get_backend(name: str) -> GLABackend:
+    return _BACKENDS[name]
+
+
+def backend_fuses(backend: str | None, device: torch.device) -> bool:
+    """Whether `scan_gla` on this backend fuses the gate activation and output norm."""
+    return get_backend(resolve_backend(backend, device)).scan is not None
 
 
 def _torch_forward(q, k, v, g, scale, order, height, width):

@@ -1,0 +1,264 @@
+"""The `triton` GLA backend against the float64 step-by-step recurrence.
+
+Without a GPU the kernels run in Triton's interpreter on CPU tensors (conftest.py sets
+TRITON_INTERPRET=1), in float32 and float16 on small shapes; with a GPU the same tests run
+compiled, and the GPU-only tests below add real DiG sizes in bfloat16.
+"""
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from gla_reference import physical_scan_index, random_gla_inputs, recurrent_gla
+
+triton = pytest.importorskip("triton")
+CUDA = torch.cuda.is_available()
+if not CUDA and os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("no GPU and Triton's interpreter is off", allow_module_level=True)
+
+from kernels.gla import ScanOrder, backend_fuses, chunk_gla, gla_forward_op, scan_gla  # noqa: E402
+from kernels.gla.triton_common import CHUNK  # noqa: E402
+from kernels.gla.triton_segments import plan  # noqa: E402
+
+DEVICE = torch.device("cuda" if CUDA else "cpu")
+gpu_only = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+# The fast path overflows on purpose in score entries that the causal mask then drops.
+pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+
+
+def rel_err(a, b):
+    """||a - b|| / ||b||; the floor keeps exactly-zero references (dg at T=1) meaningful."""
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-3)).item()
+
+
+def scan_reference(q, k, v, g, order, grid, scale=None):
+    """Recurrence over the tokens physically reordered into scan order, put back in raster order."""
+    index = physical_scan_index(int(order), *grid)
+    o_scan = recurrent_gla(*(x[:, index] for x in (q, k, v, g)), scale)
+    o = torch.empty_like(o_scan)
+    o[:, index] = o_scan
+    return o
+
+
+def gated_norm_reference(o, gate, weight, eps=1e-6):
+    return o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + eps) * weight * F.silu(gate)
+
+
+def outputs_and_grads(fn, inputs, seed=0):
+    """fn(*inputs) and the gradients of a random projection of it w.r.t. every input."""
+    inputs = [x.detach().clone().requires_grad_() for x in inputs]
+    out = fn(*inputs)
+    weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return out, torch.autograd.grad((out.double() * weight.to(out.device)).sum(), inputs)
+
+
+def assert_matches(fn, reference, inputs, tol):
+    out, grads = outputs_and_grads(fn, [x.to(DEVICE) for x in inputs])
+    ref, ref_grads = outputs_and_grads(reference, [x.double() for x in inputs])
+    assert out.dtype == inputs[2].dtype
+    assert torch.isfinite(out).all() and all(torch.isfinite(x).all() for x in grads)
+    assert rel_err(out.cpu(), ref) <= tol, "output"
+    for i, (a, b) in enumerate(zip(grads, ref_grads)):
+        assert a.dtype == inputs[i].dtype
+        assert rel_err(a.cpu(), b) <= tol, f"gradient of input {i}"
+
+
+def gla_inputs(B, T, H, dtype=torch.float32, gate_floor=None, seed=0, K=32, V=64):
+    return random_gla_inputs(B, T, H, K, V, dtype=dtype, gate_floor=gate_floor, seed=seed)
+
+
+@pytest.mark.parametrize("order", list(ScanOrder))
+@pytest.mark.parametrize("grid", [(1, 150), (12, 12), (9, 15), (15, 9)])
+def test_scan_orders_forward_and_gradients(order, grid):
+    T = grid[0] * grid[1]
+    inputs = gla_inputs(1, T, 2, seed=int(order) + T)
+    assert plan(2, T, DEVICE).n_segments > 1 or CUDA  # CPU: exercises the segment scan too
+    assert_matches(lambda *x: scan_gla(*x, order, grid, backend="triton"),
+                   lambda *x: scan_reference(*x, order, grid), inputs, tol=1e-5)
+
+
+@pytest.mark.parametrize("T", [1, 40, CHUNK, CHUNK + 1, 3 * CHUNK - 5])
+def test_lengths_and_one_segment_per_sequence(T):
+    inputs = gla_inputs(2, T, 4, seed=T)
+    assert plan(8, T, DEVICE).n_segments == 1
+    assert_matches(lambda *x: chunk_gla(*x, backend="triton"), recurrent_gla, inputs, tol=1e-5)
+
+
+@pytest.mark.parametrize("order", [ScanOrder.ROW_FORWARD, ScanOrder.COL_REVERSE])
+def test_strong_decay_takes_the_exact_path_without_overflow(order):
+    # Gates down to -20 per step: a chunk's cumulative decay reaches e^-1280, far past float32.
+    grid = (10, 17)
+    inputs = gla_inputs(1, 170, 2, gate_floor=-20.0, seed=5)
+    assert_matches(lambda *x: scan_gla(*x, order, grid, backend="triton"),
+                   lambda *x: scan_reference(*x, order, grid), inputs, tol=1e-5)
+
+
+def test_mixed_decay_switches_paths_chunk_by_chunk():
+    q, k, v, g = gla_inputs(1, 4 * CHUNK - 7, 2, seed=11)
+    g[:, CHUNK:2 * CHUNK, 1, 3] = -15.0  # one channel of one head of one chunk decays strongly
+    g[:, 3 * CHUNK:] *= 8.0
+    assert_matches(lambda *x: chunk_gla(*x, backend="triton"), recurrent_gla, (q, k, v, g), tol=1e-5)
+
+
+def test_explicit_scale():
+    inputs = gla_inputs(1, 70, 2, seed=3)
+    assert_matches(lambda *x: chunk_gla(*x, scale=0.37, backend="triton"),
+                   lambda *x: recurrent_gla(*x, scale=0.37), inputs, tol=1e-5)
+
+
+def test_float16_inputs():
+    inputs = gla_inputs(1, 2 * CHUNK + 9, 2, dtype=torch.float16, seed=4)
+    assert_matches(lambda *x: chunk_gla(*x, backend="triton"), recurrent_gla, inputs, tol=5e-3)
+
+
+def test_plain_backend_contract_recomputes_states():
+    # The generic custom op calls the backend's plain forward/backward (no saved states).
+    inputs = gla_inputs(1, 100, 2, seed=6)
+    grid = (10, 10)
+    assert_matches(lambda *x: gla_forward_op(*x, 0.2, int(ScanOrder.COL_FORWARD), *grid, "triton"),
+                   lambda *x: scan_reference(*x, ScanOrder.COL_FORWARD, grid, scale=0.2), inputs, tol=1e-5)
+
+
+def test_fused_gate_activation():
+    q, k, v, _ = gla_inputs(1, 130, 2, seed=7)
+    logits = torch.randn(q.shape, generator=torch.Generator().manual_seed(8)) * 6.0
+    order, grid = ScanOrder.ROW_REVERSE, (10, 13)
+    assert_matches(lambda q, k, v, x: scan_gla(q, k, v, x, order, grid, backend="triton", gate_logit_normalizer=16.0),
+                   lambda q, k, v, x: scan_reference(q, k, v, F.logsigmoid(x) / 16.0, order, grid),
+                   (q, k, v, logits), tol=1e-5)
+
+
+@pytest.mark.parametrize("raw_gate", [False, True])
+def test_fused_gated_rms_norm(raw_gate):
+    q, k, v, g = gla_inputs(2, 99, 2, seed=9)
+    gen = torch.Generator().manual_seed(10)
+    if raw_gate:
+        g = torch.randn(g.shape, generator=gen) * 4.0
+    gate, weight = torch.randn(v.shape, generator=gen), 1.0 + 0.5 * torch.randn(v.shape[-1], generator=gen)
+    order, grid = ScanOrder.COL_REVERSE, (11, 9)
+    normalizer = 16.0 if raw_gate else None
+
+    def fused(q, k, v, g, gate, weight):
+        return scan_gla(q, k, v, g, order, grid, backend="triton", gate_logit_normalizer=normalizer,
+                        output_gate=gate, norm_weight=weight, norm_eps=1e-5)
+
+    def reference(q, k, v, g, gate, weight):
+        gates = F.logsigmoid(g) / 16.0 if raw_gate else g
+        return gated_norm_reference(scan_reference(q, k, v, gates, order, grid), gate, weight, eps=1e-5)
+
+    assert_matches(fused, reference, (q, k, v, g, gate, weight), tol=1e-5)
+
+
+def test_model_layer_fused_on_triton_matches_unfused_torch():
+    from dig_scale.models.gla import GatedLinearAttention
+
+    torch.manual_seed(0)
+    torch_layer = GatedLinearAttention(128, 2, backend="torch")
+    with torch.no_grad():
+        for p in torch_layer.parameters():
+            p.normal_(0, 0.2)
+    triton_layer = GatedLinearAttention(128, 2, backend="triton").to(DEVICE)
+    triton_layer.load_state_dict(torch_layer.state_dict())
+    assert backend_fuses("triton", DEVICE) and not backend_fuses("torch", DEVICE)
+    x, weight = torch.randn(2, 96, 128), torch.randn(2, 96, 128)
+    order, grid = ScanOrder.COL_FORWARD, (8, 12)
+    out, ref = triton_layer(x.to(DEVICE), order, grid), torch_layer(x, order, grid)
+    (out * weight.to(DEVICE)).sum().backward()
+    (ref * weight).sum().backward()
+    assert rel_err(out.cpu(), ref) < 1e-5
+    for (name, a), b in zip(triton_layer.named_parameters(), torch_layer.parameters()):
+        assert rel_err(a.grad.cpu(), b.grad) < 1e-5, name
+
+
+def test_compiles_as_one_graph_and_passes_opcheck():
+    q, k, v, g = (x.to(DEVICE).requires_grad_() for x in gla_inputs(1, 20, 2, seed=12))
+    gate, weight = torch.randn_like(v, requires_grad=True), torch.randn(64, device=DEVICE, requires_grad=True)
+
+    def fn(q, k, v, g, gate, weight):
+        return scan_gla(q, k, v, g, ScanOrder.COL_REVERSE, (4, 5), backend="triton", gate_logit_normalizer=4.0,
+                        output_gate=gate, norm_weight=weight)
+
+    out = torch.compile(fn, backend="aot_eager", fullgraph=True)(q, k, v, g, gate, weight)
+    out.sum().backward()
+    assert torch.allclose(out, fn(q, k, v, g, gate, weight))
+    assert all(x.grad is not None and torch.isfinite(x.grad).all() for x in (q, k, v, g, gate, weight))
+    torch.library.opcheck(torch.ops.dig_kernels.gla_triton_forward.default,
+                          (q, k, v, g, gate, weight, 0.1, 4.0, 1e-6, 3, 4, 5, True))
+
+
+def test_clear_errors():
+    q, k, v, g = gla_inputs(1, 12, 2, K=24)
+    with pytest.raises(ValueError, match="powers of two"):
+        chunk_gla(q.to(DEVICE), k.to(DEVICE), v.to(DEVICE), g.to(DEVICE), backend="triton")
+    q, k, v, g = gla_inputs(1, 12, 2)
+    with pytest.raises(ValueError, match="does not fuse"):
+        scan_gla(q, k, v, g, ScanOrder.ROW_FORWARD, (1, 12), backend="torch", gate_logit_normalizer=16.0)
+    with pytest.raises(ValueError, match="go together"):
+        scan_gla(q, k, v, g, ScanOrder.ROW_FORWARD, (1, 12), backend="torch", output_gate=v)
+
+
+# ---- GPU only: real DiG sizes in bfloat16 -------------------------------------------------------
+
+def torch_float64(q, k, v, g, order, grid, **_):
+    """Reference at sizes where the step loop is too slow: the torch backend in float64 (itself
+    checked against the recurrence to 1e-12 in test_gla_torch.py)."""
+    return scan_gla(*(x.double() for x in (q, k, v, g)), order, grid, backend="torch")
+
+
+@gpu_only
+@pytest.mark.parametrize("B, grid, H, gate_floor", [
+    (4, (32, 32), 6, None), (2, (64, 64), 18, None), (1, (128, 128), 6, None), (2, (16, 16), 12, -20.0),
+])
+@pytest.mark.parametrize("order", list(ScanOrder))
+def test_gpu_bfloat16_real_sizes(B, grid, H, gate_floor, order):
+    T = grid[0] * grid[1]
+    q, k, v, g = gla_inputs(B, T, H, gate_floor=gate_floor, seed=T + H)
+    inputs = [x.cuda().to(torch.bfloat16) for x in (q, k, v)] + [g.cuda()]
+    out, grads = outputs_and_grads(lambda *x: scan_gla(*x, order, grid), inputs)
+    ref, ref_grads = outputs_and_grads(lambda *x: torch_float64(*x, order, grid), inputs)
+    assert out.dtype == torch.bfloat16
+    assert rel_err(out, ref) <= 5e-3
+    for name, a, b in zip("qkvg", grads, ref_grads):
+        assert rel_err(a, b) <= 5e-3, name
+
+
+@gpu_only
+def test_gpu_model_layer_bfloat16_autocast():
+    from dig_scale.models.gla import GatedLinearAttention
+
+    torch.manual_seed(0)
+    layer = GatedLinearAttention(384, 6).cuda()
+    x = torch.randn(4, 1024, 384, device="cuda")
+    order, grid = ScanOrder.ROW_REVERSE, (32, 32)
+    with torch.autocast("cuda", torch.bfloat16):
+        out, grads = outputs_and_grads(lambda x: layer(x, order, grid), [x])
+    layer.backend = "torch"
+    ref, ref_grads = outputs_and_grads(lambda x: layer.double()(x, order, grid), [x.double()])
+    assert rel_err(out, ref) <= 5e-3 and rel_err(grads[0], ref_grads[0]) <= 5e-3
+
+
+@gpu_only
+def test_gpu_cuda_graph_capture_and_inductor():
+    q, k, v = (x.cuda().bfloat16().requires_grad_() for x in gla_inputs(2, 1024, 6)[:3])
+    g = gla_inputs(2, 1024, 6)[3].cuda().requires_grad_()
+    fn = lambda q, k, v, g: scan_gla(q, k, v, g, ScanOrder.COL_FORWARD, (32, 32))  # noqa: E731
+    expected = fn(q, k, v, g)
+    expected.sum().backward()
+    expected_grad = q.grad.clone()
+    graph = torch.cuda.CUDAGraph()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):  # warm up (compiles kernels) outside the capture
+            q.grad = None
+            fn(q, k, v, g).sum().backward()
+        q.grad = None
+        with torch.cuda.graph(graph):
+            out = fn(q, k, v, g)
+            out.sum().backward()
+    torch.cuda.current_stream().wait_stream(side)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, expected) and torch.equal(q.grad, expected_grad)
+    compiled = torch.compile(fn, fullgraph=True)
+    assert torch.equal(compiled(q, k, v, g), expected)
