@@ -71,10 +71,17 @@ class DiffusionConfig:
 
 @dataclass
 class DataConfig:
-    path: str = ""                 # MDS dataset from data_prep/encode.py: local dir or object-store URI
+    path: str = ""                 # MDS dataset from data_prep/encode.py: local dir or object-store URI;
+                                   # "demo:digits" = the built-in digits set, written on first use
     cache_dir: str | None = None   # local cache for remote datasets (default: a temp dir per run)
     num_workers: int = 4
     shuffle: bool = True
+    random_flip: bool = True       # train on the stored horizontal flip half of the time
+    num_canonical_nodes: int = 8   # fixes the global sample order; keep it across resumes and world sizes
+
+    def check(self) -> None:
+        _require(bool(self.path), "data.path", self.path, "the dataset written by data_prep/encode.py")
+        _require(self.num_canonical_nodes > 0, "data.num_canonical_nodes", self.num_canonical_nodes, "> 0")
 
 
 @dataclass
@@ -99,6 +106,9 @@ class TrainConfig:
     ema_decay: float = 0.9999
     precision: Literal["bf16", "fp32"] = "bf16"
     compile: bool = False          # torch.compile the model
+    max_consecutive_skips: int = 20  # steps skipped for non-finite loss/gradients in a row before aborting
+    distributed_timeout_minutes: float = 30.0
+    hang_dump_minutes: float = 20.0  # a step taking longer dumps every thread's stack to stderr
 
     def check(self) -> None:
         for key in ("global_batch_size", "micro_batch_size", "max_steps"):

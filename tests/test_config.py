@@ -31,7 +31,7 @@ def test_all_four_paper_sizes_exist():
 
 
 def test_overrides_coerce_types_and_nest(tmp_path):
-    path = write(tmp_path, "model:\n  name: DiG-S/2\noptim:\n  lr: 1e-4\n")  # YAML reads 1e-4 as a string
+    path = write(tmp_path, "model:\n  name: DiG-S/2\ndata:\n  path: /d\noptim:\n  lr: 1e-4\n")  # YAML: 1e-4 is a str
     cfg = load_config(path, ["optim.lr=3e-4", "train.compile=true", "model.input_size=[16, 24]",
                              "model.arch.depth=4", "deepspeed.zero_optimization.overlap_comm=false",
                              "optim.betas=[0.9, 0.95]", "data.cache_dir=null"])

@@ -4,7 +4,7 @@ import torch
 from gla_reference import physical_scan_index, random_gla_inputs, recurrent_gla
 
 from kernels.gla import ScanOrder, chunk_gla, from_scan_order, scan_gla, to_scan_order
-from kernels.gla.torch_chunked import CHUNK
+from kernels.gla.torch_chunked import CHUNK, FACTORISABLE_DECAY
 
 
 def rel_err(a, b):
@@ -56,6 +56,19 @@ def test_strong_decay_stays_finite_and_exact():
     out, got = grads(lambda *x: chunk_gla(*x, backend="torch"), inputs, weight)
     ref, want = grads(recurrent_gla, inputs, weight)
     assert torch.isfinite(out).all() and all(torch.isfinite(x).all() for x in got)
+    assert rel_err(out, ref) < 1e-5
+    for name, a, b in zip("qkvg", got, want):
+        assert rel_err(a, b) < 1e-4, name
+
+
+@pytest.mark.parametrize("gate_floor, factorised", [(-0.5, True), (-20.0, False)])
+def test_both_intra_chunk_forms_match_recurrence(gate_floor, factorised):
+    # Moderate in-chunk decay takes the factorised (matmul) form, extreme decay the pairwise one.
+    inputs = random_gla_inputs(1, 2 * CHUNK + 3, 2, 8, 8, dtype=torch.float32, gate_floor=gate_floor)
+    assert (-inputs[3][:, :CHUNK].sum(1).min().item() <= FACTORISABLE_DECAY) == factorised
+    weight = torch.randn(1, 2 * CHUNK + 3, 2, 8, dtype=torch.float64)
+    out, got = grads(lambda *x: chunk_gla(*x, backend="torch"), inputs, weight)
+    ref, want = grads(recurrent_gla, inputs, weight)
     assert rel_err(out, ref) < 1e-5
     for name, a, b in zip("qkvg", got, want):
         assert rel_err(a, b) < 1e-4, name

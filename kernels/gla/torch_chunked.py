@@ -5,7 +5,9 @@ Recurrence, per batch and head (gates g in log space, g <= 0):
 Within a chunk of C steps with in-chunk cumulative gates b_t = g_1 + ... + g_t:
     o_t = scale * [ (q_t * e^{b_t}) S_in + sum_{s<=t} <q_t, k_s * e^{b_t - b_s}> v_s ]
     S_out = e^{b_C} * S_in + sum_s (k_s * e^{b_C - b_s})^T v_s
-Every exponent above is <= 0, so strong decay underflows to 0 instead of overflowing.
+Every exponent above is <= 0, so strong decay underflows to 0 instead of overflowing. The
+in-chunk scores need e^{b_t - b_s} per key channel; when the chunk's total decay is moderate they
+factorise as (q_t e^{b_t}) . (k_s e^{-b_s}) (two matmuls), otherwise they are formed pairwise.
 Arithmetic is float32 (float64 for float64 inputs); outputs take the input dtype.
 """
 from __future__ import annotations
@@ -14,6 +16,9 @@ import torch
 import torch.nn.functional as F
 
 CHUNK = 32
+# Largest in-chunk cumulative decay |b| for which e^{|b|} is safely representable in fp32 and
+# the factorised scores stay accurate; beyond it the pairwise form is used.
+FACTORISABLE_DECAY = 40.0
 
 
 def _to_chunks(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -33,11 +38,39 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _pairwise_decay(b: torch.Tensor) -> torch.Tensor:
-    """e^{b_t - b_s} for s <= t, else 0: [B, H, N, C(t), C(s), K]."""
-    diff = b.unsqueeze(-2) - b.unsqueeze(-3)
-    causal = torch.ones(CHUNK, CHUNK, dtype=torch.bool, device=b.device).tril()
-    return diff.masked_fill(~causal[:, :, None], float("-inf")).exp()
+def _causal(b: torch.Tensor) -> torch.Tensor:
+    return torch.ones(CHUNK, CHUNK, dtype=torch.bool, device=b.device).tril()
+
+
+class _IntraChunk:
+    """The in-chunk decayed products sum_k x_tk y_sk e^{b_tk - b_sk} (s <= t) and their adjoints."""
+
+    def __init__(self, b: torch.Tensor):
+        self.factorised = bool(-b.min() <= FACTORISABLE_DECAY)
+        self.mask = _causal(b)
+        if self.factorised:
+            self.grow, self.shrink = b.exp(), (-b).exp()
+        else:
+            diff = b.unsqueeze(-2) - b.unsqueeze(-3)
+            self.decay = diff.masked_fill(~self.mask[:, :, None], float("-inf")).exp()
+
+    def scores(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """[.., C(t), C(s)] = sum_k x_tk y_sk e^{b_tk - b_sk}, zero above the diagonal."""
+        if self.factorised:
+            return ((x * self.grow) @ (y * self.shrink).transpose(-1, -2)).masked_fill(~self.mask, 0.0)
+        return torch.einsum("bhntk,bhnsk,bhntsk->bhnts", x, y, self.decay)
+
+    def to_rows(self, d_scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """sum_s d_ts y_sk e^{b_tk - b_sk} (d masked causal)."""
+        if self.factorised:
+            return self.grow * (d_scores.masked_fill(~self.mask, 0.0) @ (y * self.shrink))
+        return torch.einsum("bhnts,bhnsk,bhntsk->bhntk", d_scores, y, self.decay)
+
+    def to_columns(self, d_scores: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """sum_t d_ts x_tk e^{b_tk - b_sk} (d masked causal)."""
+        if self.factorised:
+            return self.shrink * (d_scores.masked_fill(~self.mask, 0.0).transpose(-1, -2) @ (x * self.grow))
+        return torch.einsum("bhnts,bhntk,bhntsk->bhnsk", d_scores, x, self.decay)
 
 
 def _incoming_states(k_to_end: torch.Tensor, v: torch.Tensor, chunk_decay: torch.Tensor) -> torch.Tensor:
@@ -60,8 +93,7 @@ def gla_forward(q, k, v, g, scale: float) -> torch.Tensor:
     """Plain causal GLA. q, k, g: [B, T, H, K]; v: [B, T, H, V] -> o: [B, T, H, V]."""
     T, out_dtype = q.shape[1], v.dtype
     q, k, v, b = _prepare(q, k, v, g)
-    decay = _pairwise_decay(b)
-    scores = torch.einsum("bhntk,bhnsk,bhntsk->bhnts", q, k, decay)
+    scores = _IntraChunk(b).scores(q, k)
     states = _incoming_states(k * (b[..., -1:, :] - b).exp(), v, b[..., -1, :].exp())
     o = scale * (scores @ v + (q * b.exp()) @ states)
     return _from_chunks(o, T, out_dtype)
@@ -73,7 +105,7 @@ def gla_backward(q, k, v, g, do, scale: float):
     dtypes = (q.dtype, k.dtype, v.dtype, g.dtype)
     q, k, v, b = _prepare(q, k, v, g)
     do = _to_chunks(do, q.dtype)
-    decay = _pairwise_decay(b)
+    intra = _IntraChunk(b)
     q_from_start = q * b.exp()
     to_end = (b[..., -1:, :] - b).exp()
     chunk_decay = b[..., -1, :].exp()
@@ -85,12 +117,10 @@ def gla_backward(q, k, v, g, do, scale: float):
     for n in range(states.shape[2] - 2, -1, -1):
         d_states[:, :, n] = chunk_decay[:, :, n + 1, :, None] * d_states[:, :, n + 1] + from_this_chunk[:, :, n + 1]
 
-    scores = scale * torch.einsum("bhntk,bhnsk,bhntsk->bhnts", q, k, decay)
+    scores = scale * intra.scores(q, k)
     d_scores = scale * (do @ v.transpose(-1, -2))
-    dq = torch.einsum("bhnts,bhnsk,bhntsk->bhntk", d_scores, k, decay)
-    dq = dq + scale * (do @ states.transpose(-1, -2)) * b.exp()
-    dk = torch.einsum("bhnts,bhntk,bhntsk->bhnsk", d_scores, q, decay)
-    dk = dk + (v @ d_states.transpose(-1, -2)) * to_end
+    dq = intra.to_rows(d_scores, k) + scale * (do @ states.transpose(-1, -2)) * b.exp()
+    dk = intra.to_columns(d_scores, q) + (v @ d_states.transpose(-1, -2)) * to_end
     dv = scores.transpose(-1, -2) @ do + (k * to_end) @ d_states
 
     # Output depends on the gates only through q_t e^{G_t} and k_s e^{-G_s} (G: global cumulative
