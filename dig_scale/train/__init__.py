@@ -1,0 +1,1 @@
+"""`python -m dig_scale.train CONFIG [key=value ...]`: the training engine."""

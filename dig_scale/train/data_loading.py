@@ -1,0 +1,105 @@
+"""The training data stream: the MDS dataset from data_prep/encode.py through mosaicml-streaming."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from streaming import StreamingDataLoader
+from streaming.base.constant import LOCALS, SHM_TO_CLEAN
+from streaming.base.shared.prefix import _get_path, _unpack_locals
+
+from dig_scale.config import ConfigError, ExperimentConfig
+from dig_scale.data import DatasetMetadata, LatentDataset, ensure_demo_dataset
+from dig_scale.data.storage import default_cache_dir, is_remote
+from dig_scale.models.layers import as_grid
+
+from .distributed import ProcessPlace
+
+DEMO_PREFIX = "demo:"
+
+
+def resolve_data_path(cfg: ExperimentConfig, place: ProcessPlace) -> str:
+    """`demo:digits` -> the built-in digits set at the model's resolution, written by rank 0 on first use."""
+    path = cfg.data.path
+    if not path.startswith(DEMO_PREFIX):
+        return path
+    if path != "demo:digits":
+        raise ConfigError(f"data.path: unknown built-in dataset {path!r}; available: 'demo:digits'")
+    height, width = as_grid(cfg.model.input_size)
+    if height != width:
+        raise ConfigError(f"model.input_size: the digits demo is square, got {cfg.model.input_size}")
+    local = Path(cfg.output_dir) / ".data" / f"digits-{height}px"
+    if place.is_main:
+        ensure_demo_dataset(str(local), resolution=height)
+    dist.barrier()
+    return str(local)
+
+
+def check_matches_model(metadata: DatasetMetadata, cfg: ExperimentConfig, path: str) -> None:
+    """The dataset's samples must be what the model was configured to eat."""
+    channels, height, width = metadata.sample_shape
+    if channels != cfg.model.in_channels:
+        raise ConfigError(f"model.in_channels={cfg.model.in_channels} but {path} holds {channels}-channel samples")
+    if (height, width) != as_grid(cfg.model.input_size):
+        raise ConfigError(f"model.input_size={cfg.model.input_size} but {path} holds {height}x{width} samples")
+    if cfg.model.num_classes and metadata.num_classes > cfg.model.num_classes:
+        raise ConfigError(f"model.num_classes={cfg.model.num_classes} but {path} has {metadata.num_classes} classes")
+
+
+def release_stale_segments(local_dir: str) -> int:
+    """Unlink mosaicml-streaming shared-memory segments registered for `local_dir`.
+
+    A SIGKILLed job leaves them behind, and for a remote dataset streaming then refuses the cache
+    directory to the requeued job on the same node. Only segments naming this run's own local
+    directory are touched (streaming's clean_stale_shared_memory() would unlink every job's).
+    Returns how many prefixes were released.
+    """
+    from multiprocessing import resource_tracker, shared_memory
+
+    target, released = str(Path(local_dir).resolve()), 0
+    for prefix in range(1024):
+        try:
+            shm = shared_memory.SharedMemory(_get_path(prefix, LOCALS))
+        except FileNotFoundError:
+            break
+        resource_tracker.unregister(shm._name, "shared_memory")  # we only peek; do not reap at exit
+        locals_, _ = _unpack_locals(bytes(shm.buf))
+        shm.close()
+        if target not in {str(Path(d).resolve()) for d in locals_}:
+            continue
+        for name in SHM_TO_CLEAN:
+            try:
+                stale = shared_memory.SharedMemory(_get_path(prefix, name))
+                stale.close()
+                stale.unlink()
+            except FileNotFoundError:
+                pass
+        released += 1
+    return released
+
+
+def build_loader(cfg: ExperimentConfig, place: ProcessPlace,
+                 device: torch.device) -> tuple[StreamingDataLoader, DatasetMetadata]:
+    """This rank's loader of micro-batches {"x", "y", "index"} and the dataset metadata."""
+    path = resolve_data_path(cfg, place)
+    if place.local_rank == 0:
+        released = release_stale_segments(cfg.data.cache_dir or (default_cache_dir(path) if is_remote(path) else path))
+        if released:
+            print(f"released {released} stale shared-memory segment set(s) of a previous run", flush=True)
+    dist.barrier()
+    dataset = LatentDataset(path, cfg.data.cache_dir, batch_size=cfg.train.micro_batch_size,
+                            shuffle=cfg.data.shuffle, seed=cfg.seed, random_flip=cfg.data.random_flip,
+                            num_canonical_nodes=cfg.data.num_canonical_nodes)
+    check_matches_model(dataset.metadata, cfg, path)
+    loader = StreamingDataLoader(dataset, batch_size=cfg.train.micro_batch_size, num_workers=cfg.data.num_workers,
+                                 drop_last=True, pin_memory=device.type == "cuda",
+                                 persistent_workers=cfg.data.num_workers > 0)
+    return loader, dataset.metadata
+
+
+def forever(loader: StreamingDataLoader) -> Iterator[dict[str, torch.Tensor]]:
+    """Micro-batches across epoch boundaries (each pass over the loader is one epoch)."""
+    while True:
+        yield from loader

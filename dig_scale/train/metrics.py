@@ -1,0 +1,88 @@
+"""Rank-0 observability: a console line with a progress bar and ETA, metrics.jsonl, wandb."""
+from __future__ import annotations
+
+import json
+import secrets
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{days}d{hours:02d}h" if days else f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def format_line(m: dict[str, Any], max_steps: int, eta_seconds: float | None) -> str:
+    done = m["step"] / max_steps
+    bar = "#" * int(done * 20) + "." * (20 - int(done * 20))
+    parts = [f"[{bar}] {m['step']}/{max_steps}", f"loss {m['loss']:.4f}", f"grad {m['grad_norm']:.3f}",
+             f"lr {m['lr']:.2e}", f"{m['images_per_s']:.1f} img/s", f"{m['tokens_per_s'] / 1e3:.1f}k tok/s"]
+    if m.get("mfu") is not None:
+        parts.append(f"MFU {100 * m['mfu']:.1f}%")
+    if m.get("peak_mem_gb") is not None:
+        parts.append(f"mem {m['peak_mem_gb']:.1f}GB")
+    parts.append(f"data {100 * m['data_wait']:.0f}%")
+    if m.get("skipped_steps"):
+        parts.append(f"skipped {m['skipped_steps']}")
+    if eta_seconds is not None:
+        parts.append(f"ETA {_duration(eta_seconds)}")
+    return " | ".join(parts)
+
+
+class MetricsLogger:
+    """Writes on rank 0 only; other ranks get a logger whose methods do nothing."""
+
+    def __init__(self, run_dir: Path, enabled: bool, max_steps: int, wandb_mode: str, wandb_project: str,
+                 wandb_entity: str | None, run_name: str, config: dict[str, Any]):
+        self.enabled, self.max_steps = enabled, max_steps
+        self._started: tuple[float, int] | None = None
+        self._wandb = None
+        if not enabled:
+            return
+        self._jsonl = (run_dir / "metrics.jsonl").open("a")
+        if wandb_mode != "disabled":
+            import wandb
+
+            id_file = run_dir / "wandb_id"  # one wandb run across requeues and resumes
+            if not id_file.is_file():
+                id_file.write_text(f"{run_name}-{secrets.token_hex(4)}")
+            self._wandb = wandb.init(project=wandb_project, entity=wandb_entity, name=run_name, config=config,
+                                     id=id_file.read_text().strip(), resume="allow", dir=str(run_dir),
+                                     mode=wandb_mode)
+
+    def log(self, metrics: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        now, step = time.perf_counter(), metrics["step"]
+        if self._started is None:
+            self._started, eta = (now, step), None
+        else:
+            t0, s0 = self._started
+            eta = (now - t0) / max(step - s0, 1) * (self.max_steps - step)
+        print(format_line(metrics, self.max_steps, eta), flush=True)
+        self._jsonl.write(json.dumps({"time": time.time(), **metrics}) + "\n")
+        self._jsonl.flush()
+        if self._wandb is not None:
+            self._wandb.log({f"train/{k}": v for k, v in metrics.items() if k != "step" and v is not None}, step=step)
+
+    def log_image(self, key: str, path: Path, step: int) -> None:
+        if self._wandb is not None:
+            import wandb
+
+            self._wandb.log({key: wandb.Image(str(path))}, step=step)
+
+    def info(self, message: str) -> None:
+        if self.enabled:
+            print(message, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        self._jsonl.close()
+        if self._wandb is not None:
+            self._wandb.finish()

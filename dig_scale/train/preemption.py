@@ -1,0 +1,37 @@
+"""SIGUSR1 / SIGTERM: finish the step, checkpoint, exit with REQUEUE_EXIT_CODE. A second signal
+exits at once. Slurm (`--signal=USR1@120`, `scancel`) and Kubernetes (SIGTERM before the grace
+period ends) both use this path; launchers requeue on REQUEUE_EXIT_CODE."""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+import torch
+import torch.distributed as dist
+
+REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL: "temporary failure, try again"
+SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+
+
+class PreemptionHandler:
+    def __init__(self) -> None:
+        self.received: int | None = None
+        for sig in SIGNALS:
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.received is not None:
+            print(f"second signal ({signal.Signals(signum).name}): exiting without a checkpoint",
+                  file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        self.received = signum
+        print(f"received {signal.Signals(signum).name}: checkpointing after this step, then exiting "
+              f"with {REQUEUE_EXIT_CODE}", file=sys.stderr, flush=True)
+
+    def any_rank_signalled(self, device: torch.device) -> bool:
+        """Collective: true on every rank once any rank got a signal (signals may reach only some)."""
+        flag = torch.tensor([float(self.received is not None)], device=device)
+        if dist.is_initialized():
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())

@@ -1,0 +1,204 @@
+"""The training loop: config -> model -> DeepSpeed engine -> data -> steps, checkpoints, logs.
+
+One `Trainer` per process; every rank runs the same code and DeepSpeed owns the distributed
+state (ZeRO-2 partitions of gradients and optimizer state).
+"""
+from __future__ import annotations
+
+import faulthandler
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from dig_scale import __version__
+from dig_scale.config import ExperimentConfig, config_to_dict
+from dig_scale.diffusion import create_diffusion
+from dig_scale.models import model_from_config
+
+from .checkpoint import latest_tag, load_checkpoint, read_trainer_state, save_checkpoint
+from .data_loading import build_loader, forever
+from .deepspeed_config import build_deepspeed_config
+from .distributed import ProcessPlace, detect_place, init_distributed
+from .ema import EMA
+from .flops import forward_flops_per_image, peak_flops
+from .metrics import MetricsLogger
+from .preemption import REQUEUE_EXIT_CODE, PreemptionHandler
+from .run_dir import RunDirectory
+from .samples import SampleGridWriter
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """Counter-based seed: the randomness of a step (timesteps, noise, label dropout) depends only
+    on (seed, step, rank), so a resumed run draws exactly what the uninterrupted run drew."""
+    return int.from_bytes(hashlib.blake2b(f"{seed}/{step}/{rank}".encode(), digest_size=8).digest(), "little") >> 1
+
+
+@dataclass
+class StepResult:
+    loss: torch.Tensor     # mean over this rank's micro-batches, on device
+    grad_norm: float
+    applied: bool          # False when DeepSpeed skipped the update (non-finite gradients)
+
+
+class Trainer:
+    def __init__(self, cfg: ExperimentConfig):
+        import deepspeed  # heavy; imported once the config is known to be valid
+
+        self.cfg = cfg
+        self.place: ProcessPlace = detect_place()
+        self.device = init_distributed(self.place, cfg.train.distributed_timeout_minutes)
+        self.run_dir = RunDirectory(cfg)
+        allowed = self.run_dir.prepare(cfg, self.place.is_main)
+        dist.barrier()
+
+        resume = self._resume_checkpoint()
+        resume_state = read_trainer_state(resume) if resume else None
+
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        model = model_from_config(cfg.model)
+        self.ema = EMA(model, cfg.train.ema_decay)
+        self.ema.module.to(self.device)
+        ds_config = build_deepspeed_config(cfg, self.place.world_size)
+        if resume_state and resume_state["world_size"] != self.place.world_size:
+            ds_config.setdefault("checkpoint", {})["load_universal"] = True
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = None
+        if "optimizer" not in ds_config:
+            o = cfg.optim
+            optimizer = torch.optim.AdamW(trainable, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay,
+                                          fused=self.device.type == "cuda")
+        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, model_parameters=trainable,
+                                                    config=ds_config)
+        if cfg.train.compile:
+            self.engine.compile()
+        self.dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
+        self.accumulation = ds_config["gradient_accumulation_steps"]
+        self.diffusion = create_diffusion(cfg.diffusion.num_timesteps, cfg.model.learn_sigma)
+
+        self.loader, self.metadata = build_loader(cfg, self.place, self.device)
+        self.step, self.skipped, self.consecutive_skips = 0, 0, 0
+        if resume:
+            state = load_checkpoint(self.engine, resume, self.place, resume_state)
+            self.ema.load_state_dict(state["ema"])
+            self.loader.load_state_dict(state["loader"])
+            self.step, self.skipped = state["step"], state.get("skipped_steps", 0)
+        else:
+            self.ema.update(self.engine.module, decay=0.0)  # start the average at the initial weights
+
+        self.logger = MetricsLogger(self.run_dir.root, self.place.is_main, cfg.train.max_steps, cfg.logging.wandb,
+                                    cfg.logging.wandb_project, cfg.logging.wandb_entity, cfg.run_name,
+                                    config_to_dict(cfg))
+        self.logger.info(f"{cfg.model.name}: {sum(p.numel() for p in model.parameters()):,} parameters, world size "
+                         f"{self.place.world_size} ({self.place.launcher}), {self.accumulation} accumulation step(s), "
+                         f"device {self.device}" + (f"; resumed from {resume} at step {self.step}" if resume else ""))
+        for difference in allowed:
+            self.logger.info(f"config changed since the run started (allowed): {difference}")
+        self.flops_per_image = 3 * forward_flops_per_image(self.engine.module)
+        self.tokens_per_image = self.engine.module.grid[0] * self.engine.module.grid[1]
+        self.peak = peak_flops(self.device)
+        self.samples = SampleGridWriter(cfg, self.metadata, self.device) if self.place.is_main else None
+        self.preemption = PreemptionHandler()
+
+    def _resume_checkpoint(self) -> Path | None:
+        mode = self.cfg.checkpoint.resume
+        if mode == "never":
+            return None
+        if mode == "auto":
+            tag = latest_tag(self.run_dir.checkpoints)
+            return self.run_dir.checkpoints / tag if tag else None
+        return Path(mode)
+
+    def _model(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.engine(x.to(self.dtype), t, y)
+
+    def train_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> StepResult:
+        """One optimizer step over this rank's micro-batches (gradient accumulation)."""
+        torch.manual_seed(step_seed(self.cfg.seed, self.step, self.place.rank))
+        losses = []
+        for batch in micro_batches:
+            x = batch["x"].to(self.device, non_blocking=True)
+            y = batch["y"].to(self.device, non_blocking=True)
+            t = torch.randint(0, self.diffusion.num_timesteps, (x.shape[0],), device=self.device)
+            loss = self.diffusion.training_losses(self._model, x, t, model_kwargs={"y": y})["loss"].mean()
+            self.engine.backward(loss)
+            self.engine.step()  # DeepSpeed updates only at the accumulation boundary
+            losses.append(loss.detach())
+        applied = self.engine.was_step_applied()
+        if applied:
+            self.ema.update(self.engine.module)
+        grad_norm = self.engine.get_global_grad_norm()
+        return StepResult(torch.stack(losses).mean(), float("inf") if grad_norm is None else float(grad_norm), applied)
+
+    def save(self) -> None:
+        state = {"ema": self.ema.state_dict(), "loader": self.loader.state_dict(), "skipped_steps": self.skipped,
+                 "config": config_to_dict(self.cfg), "code_version": __version__}
+        path = save_checkpoint(self.engine, self.run_dir.checkpoints, self.step, state, self.place,
+                               self.cfg.checkpoint.keep_last, self.cfg.checkpoint.keep_every)
+        self.logger.info(f"saved checkpoint {path}")
+
+    def _log(self, losses: list[torch.Tensor], grad_norm: float, wait: float, elapsed: float, steps: int) -> None:
+        loss = torch.stack(losses).mean()
+        dist.all_reduce(loss)
+        images_per_s = self.cfg.train.global_batch_size * steps / elapsed
+        metrics = {
+            "step": self.step, "loss": loss.item() / self.place.world_size, "grad_norm": grad_norm,
+            "lr": self.engine.get_lr()[0], "images_per_s": images_per_s,
+            "tokens_per_s": images_per_s * self.tokens_per_image,
+            "mfu": self.flops_per_image * images_per_s / (self.peak * self.place.world_size) if self.peak else None,
+            "peak_mem_gb": torch.cuda.max_memory_allocated(self.device) / 1e9 if self.device.type == "cuda" else None,
+            "data_wait": wait / elapsed, "skipped_steps": self.skipped,
+        }
+        self.logger.log(metrics)
+
+    def run(self) -> int:
+        """Train to max_steps. Returns the process exit code (REQUEUE_EXIT_CODE when preempted)."""
+        cfg = self.cfg
+        self.engine.train()
+        batches = forever(self.loader)
+        # Throughput counts data loading and training steps, not sampling or checkpointing.
+        losses, wait, busy, window_steps = [], 0.0, 0.0, 0
+        while self.step < cfg.train.max_steps:
+            faulthandler.dump_traceback_later(cfg.train.hang_dump_minutes * 60, repeat=True)
+            fetch_start = time.perf_counter()
+            micro_batches = [next(batches) for _ in range(self.accumulation)]
+            wait += time.perf_counter() - fetch_start
+            result = self.train_step(micro_batches)
+            busy += time.perf_counter() - fetch_start
+            self.step += 1
+            window_steps += 1
+            losses.append(result.loss)
+            if result.applied:
+                self.consecutive_skips = 0
+            else:
+                self.skipped += 1
+                self.consecutive_skips += 1
+                self.logger.info(f"step {self.step}: non-finite loss or gradients, update skipped "
+                                 f"({self.consecutive_skips} in a row, {self.skipped} in total)")
+                if self.consecutive_skips >= cfg.train.max_consecutive_skips:
+                    raise RuntimeError(f"{self.consecutive_skips} consecutive steps had non-finite loss or gradients "
+                                       "(train.max_consecutive_skips); check the data and the learning rate")
+            if self.step % cfg.logging.every_steps == 0 or self.step == cfg.train.max_steps:
+                self._log(losses, result.grad_norm, wait, busy, window_steps)
+                losses, wait, busy, window_steps = [], 0.0, 0.0, 0
+                if self.device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(self.device)
+            if self.samples and cfg.sampling.every_steps and self.step % cfg.sampling.every_steps == 0:
+                path = self.samples.write(self.ema.module, self.run_dir.samples / f"step-{self.step:07d}.png")
+                self.logger.log_image("samples", path, self.step)
+            preempted = self.preemption.any_rank_signalled(self.device)
+            if preempted or self.step % cfg.checkpoint.every_steps == 0 or self.step == cfg.train.max_steps:
+                self.save()
+            if preempted:
+                self.logger.info(f"preempted at step {self.step}: exiting with {REQUEUE_EXIT_CODE} to be requeued")
+                return self._finish(REQUEUE_EXIT_CODE)
+        return self._finish(0)
+
+    def _finish(self, code: int) -> int:
+        faulthandler.cancel_dump_traceback_later()
+        self.logger.close()
+        dist.barrier()
+        return code
