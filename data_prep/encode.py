@@ -38,8 +38,8 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="encode.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog="encode.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", help="ImageFolder directory (<dir>/<class>/<image>) or WebDataset tar shards: "
                                    "path, brace pattern, URL, several joined by '::'")
     p.add_argument("--output", help="dataset directory or object-store URI (s3://, gs://, ...); "
@@ -51,18 +51,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                  f"(default {DEFAULT_VAE}; demo: none)")
     p.add_argument("--vae-subfolder", help="subfolder of --vae holding the VAE (e.g. 'vae' for a pipeline repo)")
     p.add_argument("--scaling-factor", type=float, help="override the VAE config's scaling factor in the metadata")
-    p.add_argument("--image-key", default=DEFAULT_IMAGE_KEYS, help="tar entries holding the image, first found wins")
-    p.add_argument("--label-key", default="cls", help="tar entry holding the integer class label")
+    p.add_argument("--image-key", default=DEFAULT_IMAGE_KEYS,
+                   help="tar entries holding the image, first found wins (default: %(default)s)")
+    p.add_argument("--label-key", default="cls",
+                   help="tar entry holding the integer class label (default: %(default)s)")
     p.add_argument("--num-classes", type=int, help="number of classes of a tar dataset (default: largest label + 1)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per encoder call (each is encoded twice: "
-                                                              "as is and flipped)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per encoder call, each encoded twice: as is "
+                                                              "and flipped (default: %(default)s)")
     p.add_argument("--num-workers", type=int, help="decoding workers per rank (default: this rank's share of "
                                                    "the CPU cores, minus one)")
-    p.add_argument("--part-size", type=int, default=4096, help="ImageFolder images per part (the resume unit)")
+    p.add_argument("--part-size", type=int, default=4096, help="ImageFolder images per part, the unit of resumption "
+                                                                  "(default: %(default)s)")
     p.add_argument("--limit", type=int, help="encode only this many inputs (ImageFolder: spread over all classes)")
     p.add_argument("--dry-run", action="store_true", help="check the inputs and show the plan, write nothing")
     p.add_argument("--device", help="default: cuda:$LOCAL_RANK when CUDA is available, else cpu")
-    p.add_argument("--precision", choices=["auto", *DTYPES], default="auto", help="auto: bf16 on GPU, fp32 on CPU")
+    p.add_argument("--precision", choices=["auto", *DTYPES], default="auto",
+                   help="VAE precision; auto: bf16 on GPU, fp32 on CPU")
     p.add_argument("--staging-dir", help="local directory for files on their way to a remote --output")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
@@ -102,7 +106,8 @@ def _cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def _default_workers(local_world: int) -> int:
+def default_num_workers(local_world: int) -> int:
+    """Decoding workers per rank: its share of the CPU cores, minus one for the main process."""
     return max(1, min(32, _cpus() // local_world - 1))
 
 
@@ -110,8 +115,11 @@ def run(args: argparse.Namespace) -> tuple[DatasetMetadata | None, LoopReport | 
     """Encode per `args`; returns the metadata if this rank finished the dataset, and this rank's loop report."""
     rank, world, local_rank, local_world = _distributed()
     if args.demo:
-        path = ensure_demo_dataset(args.output or default_demo_path(args.resolution), args.resolution)
-        print(f"demo dataset ready: {path}")
+        path = args.output or default_demo_path(args.resolution)
+        if args.dry_run:
+            print(f"dry run: would write the digits demo at {args.resolution} px to {path} unless finished there")
+            return None, None
+        print(f"demo dataset ready: {ensure_demo_dataset(path, args.resolution)}")
         return None, None
     source = open_source(args.input, args.image_key, args.label_key, args.num_classes)
     layout = vae_layout(args.vae, args.vae_subfolder, args.resolution, args.scaling_factor)
@@ -154,7 +162,7 @@ def _encode(args, source, layout, parts, store, rank, world, local_rank, local_w
     dtype = DTYPES.get(args.precision) or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     encoder = PixelEncoder() if layout.kind == "pixel" else PosteriorEncoder(layout, args.vae_subfolder, device, dtype)
     counts = [source.expected_count(p) for p in parts]
-    num_workers = args.num_workers if args.num_workers is not None else _default_workers(local_world)
+    num_workers = args.num_workers if args.num_workers is not None else default_num_workers(local_world)
     threads = torch.get_num_threads()
     if device.type == "cpu":  # leave the decoding workers their cores: oversubscribed OpenMP convs crawl
         torch.set_num_threads(max(1, _cpus() // local_world - num_workers))

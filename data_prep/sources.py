@@ -147,15 +147,22 @@ class WebDatasetSource:
         count = 0
         for url in part.items:
             shard = os.path.basename(urllib.parse.urlparse(url).path) or url
+            read = 0
             try:
                 for sample in tarfile_samples([{"url": url}]):
                     if part.max_samples is not None and count >= part.max_samples:
                         return
                     count += 1
+                    read += 1
                     yield self._raw(sample, shard, url)
-            except Exception as e:  # a broken or unreachable shard: stop loudly, a rerun retries it
-                raise EncodeError(f"{url}: cannot read tar shard ({type(e).__name__}: {e}); fix or remove it "
-                                  "and rerun (finished parts are kept)") from None
+            except Exception as e:
+                # webdataset appends the stream and URL to the exception's args; the first is the message.
+                reason = f"{type(e).__name__}: {e.args[0] if e.args else e}"
+                if not _is_local(url):  # maybe a network hiccup: stop, a rerun retries this part
+                    raise EncodeError(f"{url}: reading the tar shard failed ({reason}); rerun to retry "
+                                      "(finished parts are kept)") from None
+                # A local file reads the same every time: keep what came before, reject the rest.
+                yield RawSample(f"{shard}/*", url, None, None, f"tar shard unreadable after {read} samples ({reason})")
 
     def _raw(self, sample: dict, shard: str, url: str) -> RawSample:
         key = f"{shard}/{sample['__key__']}"

@@ -105,6 +105,8 @@ class PosteriorEncoder:
         vae = AutoencoderKL.from_pretrained(os.path.expanduser(layout.vae), subfolder=subfolder, torch_dtype=dtype,
                                             low_cpu_mem_usage=False)
         self.channels_last = device.type == "cuda"  # cuDNN's fast convolution layout
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # batch shapes repeat: pick the fastest conv algorithms once
         self.vae = vae.to(device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
         self.vae.eval().requires_grad_(False)
 

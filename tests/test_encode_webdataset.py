@@ -72,3 +72,15 @@ def test_missing_shards_are_named(inputs, tmp_path, capsys):
     assert encode(inputs, str(tmp_path / "missing-{0..3}.tar"), tmp_path / "ds") == 2
     error = capsys.readouterr().err
     assert "missing-0.tar" in error and "4 of 4 tar shards do not exist" in error
+
+
+def test_truncated_local_shard_keeps_what_precedes_the_damage(inputs, tmp_path):
+    paths = make_tars(inputs["folder"], inputs["good"], [], tmp_path / "shards", shards=2)
+    whole = paths[1].read_bytes()
+    paths[1].write_bytes(whole[: len(whole) // 2])
+    assert encode(inputs, str(tmp_path / "shards" / "data-{0000..0001}.tar"), tmp_path / "ds") == 0
+    keys = {s["key"] for s in read_raw_samples(tmp_path / "ds")}
+    first_shard = {f"data-0000.tar/{tar_key(g.relpath)}" for g in inputs["good"][0::2]}
+    assert first_shard <= keys and len(keys) < len(inputs["good"])
+    [reject] = read_metadata(str(tmp_path / "ds")).rejects
+    assert reject["path"] == str(paths[1]) and "unreadable" in reject["reason"]

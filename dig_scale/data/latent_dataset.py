@@ -35,7 +35,9 @@ class LatentDataset(StreamingDataset):
         path: dataset directory or object-store URI (s3://, gs://, ...).
         cache_dir: local cache for a remote dataset (default: one per dataset under the temp dir,
             shared by the ranks of a node). Given with a local `path`, the local path is treated
-            as the remote and copied into the cache.
+            as the remote and copied into the cache. Without it a local dataset is read in place,
+            and streaming decompresses each zstd shard next to itself: the directory must be
+            writable and grows by the raw size, so give a cache_dir for read-only or shared copies.
         batch_size: per-rank batch size (streaming partitions the epoch by it).
         shuffle: shuffle the order each epoch (deterministic given `seed`).
         seed: seeds both the shuffle and the per-sample noise/flip generator.
