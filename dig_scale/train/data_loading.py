@@ -11,7 +11,7 @@ from streaming.base.constant import LOCALS, SHM_TO_CLEAN
 from streaming.base.shared.prefix import _get_path, _unpack_locals
 
 from dig_scale.config import ConfigError, ExperimentConfig
-from dig_scale.data import DatasetMetadata, LatentDataset, ensure_demo_dataset
+from dig_scale.data import DatasetMetadata, LatentDataset, default_demo_path, ensure_demo_dataset
 from dig_scale.data.storage import default_cache_dir, is_remote
 from dig_scale.models.layers import as_grid
 
@@ -21,7 +21,8 @@ DEMO_PREFIX = "demo:"
 
 
 def resolve_data_path(cfg: ExperimentConfig, place: ProcessPlace) -> str:
-    """`demo:digits` -> the built-in digits set at the model's resolution, written by rank 0 on first use."""
+    """`demo:digits` -> the built-in digits set at the model's resolution, written on first use by
+    the first rank of each node (under $DIG_SCALE_DATA or ~/.cache/dig_scale)."""
     path = cfg.data.path
     if not path.startswith(DEMO_PREFIX):
         return path
@@ -30,11 +31,11 @@ def resolve_data_path(cfg: ExperimentConfig, place: ProcessPlace) -> str:
     height, width = as_grid(cfg.model.input_size)
     if height != width:
         raise ConfigError(f"model.input_size: the digits demo is square, got {cfg.model.input_size}")
-    local = Path(cfg.output_dir) / ".data" / f"digits-{height}px"
-    if place.is_main:
-        ensure_demo_dataset(str(local), resolution=height)
+    local = default_demo_path(height)
+    if place.local_rank == 0:
+        ensure_demo_dataset(local, resolution=height)
     dist.barrier()
-    return str(local)
+    return local
 
 
 def check_matches_model(metadata: DatasetMetadata, cfg: ExperimentConfig, path: str) -> None:

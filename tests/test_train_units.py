@@ -1,0 +1,122 @@
+"""Engine pieces that need no process group: launcher env translation, batch arithmetic, the
+DeepSpeed config, EMA math, checkpoint retention, signal handling, the console line."""
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+from dig_scale.config import ConfigError, config_from_dict
+from dig_scale.train.checkpoint import LATEST, TRAINER_STATE, checkpoint_tag, completed_tags, prune_checkpoints
+from dig_scale.train.deepspeed_config import build_deepspeed_config, deep_merge, gradient_accumulation_steps
+from dig_scale.train.distributed import detect_place
+from dig_scale.train.ema import EMA
+from dig_scale.train.metrics import format_line
+from dig_scale.train.run_dir import config_differences
+from dig_scale.train.trainer import step_seed
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({"RANK": "5", "WORLD_SIZE": "16", "LOCAL_RANK": "1"}, (5, 16, 1, "torchrun")),
+    ({"SLURM_PROCID": "9", "SLURM_NTASKS": "16", "SLURM_LOCALID": "1"}, (9, 16, 1, "slurm")),
+    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}, (0, 1, 0, "single")),  # an allocation without srun tasks
+    ({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "3", "SLURM_PROCID": "0", "SLURM_NTASKS": "1"},
+     (3, 8, 3, "torchrun")),  # torchrun inside an sbatch script wins
+    ({}, (0, 1, 0, "single")),
+])
+def test_launcher_environments(env, expected):
+    place = detect_place(env)
+    assert (place.rank, place.world_size, place.local_rank, place.launcher) == expected
+
+
+def config(**train):
+    return config_from_dict({"data": {"path": "/d"}, "train": train})
+
+
+def test_global_batch_is_micro_times_accumulation_times_world():
+    assert gradient_accumulation_steps(config(global_batch_size=256, micro_batch_size=32), 4) == 2
+    with pytest.raises(ConfigError, match="train.global_batch_size=256 is not a multiple of "
+                                          "train.micro_batch_size=32 x world size 3"):
+        gradient_accumulation_steps(config(global_batch_size=256, micro_batch_size=32), 3)
+
+
+def test_deepspeed_section_is_merged_over_the_generated_config():
+    cfg = config_from_dict({"data": {"path": "/d"}, "optim": {"warmup_steps": 10, "grad_clip": 1.0},
+                            "deepspeed": {"zero_optimization": {"reduce_bucket_size": 1e7},
+                                          "bf16": {"enabled": False}}})
+    ds = build_deepspeed_config(cfg, world_size=8)
+    assert ds["zero_optimization"] == {"stage": 2, "overlap_comm": True, "contiguous_gradients": True,
+                                       "reduce_scatter": True, "reduce_bucket_size": 1e7, "allgather_bucket_size": 5e8}
+    assert ds["bf16"] == {"enabled": False, "check_grad_overflow": True}
+    assert ds["gradient_accumulation_steps"] == 1 and ds["gradient_clipping"] == 1.0
+    assert ds["scheduler"]["params"]["warmup_num_steps"] == 10
+    assert deep_merge({"a": {"b": 1}}, {"a": {"c": 2}}) == {"a": {"b": 1, "c": 2}}
+
+
+def test_ema_update_is_the_exponential_average_in_fp32():
+    model = torch.nn.Linear(3, 2).to(torch.bfloat16)
+    ema = EMA(model, decay=0.9)
+    start = {k: v.clone() for k, v in ema.module.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    ema.update(model)
+    for name, p in model.named_parameters():
+        expected = 0.9 * start[name] + 0.1 * p.float()
+        assert ema.module.get_parameter(name).dtype == torch.float32
+        torch.testing.assert_close(ema.module.get_parameter(name), expected)
+
+
+def test_retention_keeps_last_n_every_mth_and_latest(tmp_path):
+    for step in (100, 200, 300, 400, 500, 600):
+        (tmp_path / checkpoint_tag(step)).mkdir()
+        (tmp_path / checkpoint_tag(step) / TRAINER_STATE).touch()
+    (tmp_path / checkpoint_tag(700)).mkdir()  # a crashed save: no trainer state
+    (tmp_path / LATEST).write_text(checkpoint_tag(200))
+    prune_checkpoints(tmp_path, keep_last=2, keep_every=300)
+    assert completed_tags(tmp_path) == [checkpoint_tag(s) for s in (200, 300, 500, 600)]
+    assert not (tmp_path / checkpoint_tag(700)).exists()
+
+
+def test_step_seed_is_a_pure_function_of_seed_step_rank():
+    assert step_seed(0, 5, 1) == step_seed(0, 5, 1)
+    assert len({step_seed(0, 5, 1), step_seed(0, 6, 1), step_seed(0, 5, 0), step_seed(1, 5, 1)}) == 4
+
+
+def test_second_signal_exits_at_once():
+    program = textwrap.dedent("""
+        import sys, time
+        from dig_scale.train.preemption import PreemptionHandler
+        handler = PreemptionHandler()
+        print("ready", flush=True)
+        while True:
+            time.sleep(0.05)
+            if handler.received:
+                print("first", flush=True)
+                while True:
+                    time.sleep(0.05)
+    """)
+    process = subprocess.Popen([sys.executable, "-c", program], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "ready"
+    process.send_signal(signal.SIGUSR1)
+    assert process.stdout.readline().strip() == "first"
+    time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=10) == 128 + signal.SIGTERM
+
+
+def test_config_differences_name_each_changed_key():
+    assert config_differences({"model": {"depth": 2, "name": "a"}}, {"model": {"depth": 3, "name": "a"}}) == \
+        ["model.depth: 2 -> 3"]
+
+
+def test_console_line_has_progress_eta_and_throughput():
+    line = format_line({"step": 50, "loss": 0.1234, "grad_norm": 0.5, "lr": 1e-4, "images_per_s": 812.0,
+                        "tokens_per_s": 207872.0, "mfu": 0.412, "peak_mem_gb": 31.2, "data_wait": 0.02,
+                        "skipped_steps": 0}, max_steps=100, eta_seconds=3725)
+    assert line.startswith("[##########..........] 50/100")
+    for part in ("loss 0.1234", "812.0 img/s", "207.9k tok/s", "MFU 41.2%", "mem 31.2GB", "data 2%", "ETA 1h02m"):
+        assert part in line
