@@ -16,21 +16,18 @@ import torch
 import triton
 import triton.language as tl
 
+from . import triton_exact
 from .scan_order import ScanOrder
 from .triton_common import (
     CHUNK,
     FAST_PATH_MIN_DECAY,
-    SUB_BLOCK,
-    block_decays,
-    block_selector,
     decay_to_end,
     gate_input_grad,
-    gated_rms_norm_grad,
     load_gate,
     load_tile,
     mm,
-    place_rows,
-    rows_of,
+    norm_weight,
+    output_grad,
     scan_rows,
     state_ptrs,
     store_tile,
@@ -40,7 +37,7 @@ from .triton_forward import forward as _forward
 from .triton_segments import order_arguments, plan, scan_segments
 
 # Launch settings (chosen by bench/gla.py's sweep on an H100).
-BACKWARD_LAUNCH = {"num_warps": 8, "num_stages": 2}
+BACKWARD_LAUNCH = {"num_warps": 8, "num_stages": 1}
 SUMMARY_LAUNCH = {"num_warps": 4, "num_stages": 2}
 
 
@@ -56,68 +53,14 @@ def _intra_grads_fast(q, k, v, do, b, b_last, scale, C: tl.constexpr, FP32_DOT: 
     k_f = k * e_k
     rows = tl.arange(0, C)
     scores = tl.where(rows[:, None] >= rows[None, :], mm(q_f, tl.trans(k_f), FP32_DOT), 0.0) * scale
+    dv = mm(tl.trans(scores), do, FP32_DOT)
     d_scores = tl.where(rows[:, None] > rows[None, :], mm(do, tl.trans(v), FP32_DOT), 0.0) * scale
     dq = mm(d_scores, k_f, FP32_DOT) * e_q
     dk = mm(tl.trans(d_scores), q_f, FP32_DOT) * e_k
-    dv = mm(tl.trans(scores), do, FP32_DOT)
     return dq, dk, dv, e_q * e_rho, e_k * e_rho
 
 
-@triton.jit
-def _intra_grads_exact(q, k, v, do, g, scale, C: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                       SUB: tl.constexpr, FP32_DOT: tl.constexpr):
-    """`_intra_grads_fast` for any decay (see triton_forward._intra_exact)."""
-    rows = tl.arange(0, C)
-    sub = tl.arange(0, SUB)
-    dq = tl.zeros([C, K], dtype=tl.float32)
-    dk = tl.zeros([C, K], dtype=tl.float32)
-    dv = tl.zeros([C, V], dtype=tl.float32)
-    for i in tl.static_range(C // SUB):
-        sel = block_selector(i, C, SUB)
-        q_i, k_i, v_i, do_i = rows_of(sel, q), rows_of(sel, k), rows_of(sel, v), rows_of(sel, do)
-        within, after, before = block_decays(g, rows_of(sel, g), i, C, SUB)
-        scores = tl.sum(q_i[:, None, :] * k_i[None, :, :] * within, axis=2) * scale
-        d_scores = tl.where(sub[:, None] > sub[None, :], mm(do_i, tl.trans(v_i), FP32_DOT), 0.0) * scale
-        dq_i = tl.sum(d_scores[:, :, None] * within * k_i[None, :, :], axis=1)
-        dk_i = tl.sum(d_scores[:, :, None] * within * q_i[:, None, :], axis=0)
-        dv_i = mm(tl.trans(scores), do_i, FP32_DOT)
-        if i > 0:
-            k_before = k * before
-            q_after = q_i * after
-            scores_off = mm(q_after, tl.trans(k_before), FP32_DOT) * scale
-            d_scores_off = tl.where(rows[None, :] < i * SUB, mm(do_i, tl.trans(v), FP32_DOT), 0.0) * scale
-            dq_i += mm(d_scores_off, k_before, FP32_DOT) * after
-            dk += mm(tl.trans(d_scores_off), q_after, FP32_DOT) * before
-            dv += mm(tl.trans(scores_off), do_i, FP32_DOT)
-        dq += place_rows(sel, dq_i)
-        dk += place_rows(sel, dk_i)
-        dv += place_rows(sel, dv_i)
-    return dq, dk, dv
-
-
-@triton.jit
-def _output_grad(do, z, w, o_pre, row, valid, w_v, eps, V: tl.constexpr, NORM: tl.constexpr):
-    """dL/do of the GLA output; with the fused norm, `do` holds dL/d(out) and the norm's
-    gradients for its gate and weight come along (zeros without it)."""
-    d_out = load_tile(do, row, valid, V)
-    if NORM:
-        o = load_tile(o_pre, row, valid, V)
-        d_o, dz, dw = gated_rms_norm_grad(d_out, o, load_tile(z, row, valid, V), w_v, eps, V)
-    else:
-        d_o, dz, dw = d_out, d_out, tl.zeros([V], dtype=tl.float32)
-    return d_o, dz, dw
-
-
-@triton.jit
-def _norm_weight(w, V: tl.constexpr, NORM: tl.constexpr):
-    if NORM:
-        w_v = tl.load(w + tl.arange(0, V)).to(tl.float32)
-    else:
-        w_v = tl.zeros([V], dtype=tl.float32)
-    return w_v
-
-
-@triton.jit(do_not_specialize=["T", "n_chunks", "chunks_per_seg", "n_segs", "rev", "col_h", "col_w"])
+@triton.jit(do_not_specialize=["T", "H", "n_chunks", "chunks_per_seg", "n_segs", "rev", "col_h", "col_w"])
 def _summary_kernel(q, g, do, z, w, o_pre, summaries, log_decays,
                     T, H, n_chunks, chunks_per_seg, n_segs, rev, col_h, col_w, scale, gate_norm, eps,
                     K: tl.constexpr, V: tl.constexpr, C: tl.constexpr,
@@ -126,7 +69,7 @@ def _summary_kernel(q, g, do, z, w, o_pre, summaries, log_decays,
     seg = tl.program_id(0) + 1
     bh = tl.program_id(1)
     b, h = bh // H, bh % H
-    w_v = _norm_weight(w, V, NORM)
+    w_v = norm_weight(w, V, NORM)
     d_state = tl.zeros([K, V], dtype=tl.float32)
     total = tl.zeros([K], dtype=tl.float32)
     first = seg * chunks_per_seg
@@ -136,7 +79,7 @@ def _summary_kernel(q, g, do, z, w, o_pre, summaries, log_decays,
         row, valid = scan_rows(b, h, n, T, H, rev, col_h, col_w, C)
         q_c = load_tile(q, row, valid, K)
         g_c = load_gate(g, row, valid, K, RAW_GATE, gate_norm)
-        do_c, _, _ = _output_grad(do, z, w, o_pre, row, valid, w_v, eps, V, NORM)
+        do_c, _, _ = output_grad(do, z, o_pre, row, valid, w_v, eps, V, NORM)
         b_last = tl.sum(g_c, axis=0)
         q_from_start = q_c * tl.exp(tl.cumsum(g_c, axis=0))
         d_state = tl.exp(b_last)[:, None] * d_state + scale * mm(tl.trans(q_from_start), do_c, FP32_DOT)
@@ -146,11 +89,11 @@ def _summary_kernel(q, g, do, z, w, o_pre, summaries, log_decays,
     tl.store(log_decays + index.to(tl.int64) * K + tl.arange(0, K), total)
 
 
-@triton.jit(do_not_specialize=["T", "n_chunks", "chunks_per_seg", "n_segs", "rev", "col_h", "col_w"])
+@triton.jit(do_not_specialize=["T", "H", "n_chunks", "chunks_per_seg", "n_segs", "rev", "col_h", "col_w"])
 def _backward_kernel(q, k, v, g, do, states, seg_states, z, w, o_pre,
-                     dq, dk, dv, dg, dz, dw_parts,
+                     dq, dk, dv, dg, dz, dw_parts, exact_chunks,
                      T, H, n_chunks, chunks_per_seg, n_segs, rev, col_h, col_w, scale, gate_norm, eps,
-                     K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, SUB: tl.constexpr,
+                     K: tl.constexpr, V: tl.constexpr, C: tl.constexpr,
                      RAW_GATE: tl.constexpr, NORM: tl.constexpr, SEGMENTED: tl.constexpr,
                      FP32_DOT: tl.constexpr):
     seg = tl.program_id(0)
@@ -160,12 +103,14 @@ def _backward_kernel(q, k, v, g, do, states, seg_states, z, w, o_pre,
         d_state = tl.load(state_ptrs(seg_states, bh * n_segs + seg, K, V))
     else:
         d_state = tl.zeros([K, V], dtype=tl.float32)
-    w_v = _norm_weight(w, V, NORM)
+    w_v = norm_weight(w, V, NORM)
     dw = tl.zeros([V], dtype=tl.float32)
     first = seg * chunks_per_seg
     last = tl.minimum(first + chunks_per_seg, n_chunks)
-    # The state leaving the segment; past the sequence's end d_state is 0, so any finite value does.
+    # <S_out, dS_out> over V for the chunk in hand: the gate-gradient share of everything after it.
+    # Past the sequence's end d_state is 0, so any finite state does there.
     state_out = tl.load(state_ptrs(states, bh * n_chunks + tl.minimum(last, n_chunks - 1), K, V))
+    beyond = tl.sum(state_out * d_state, axis=1)
     for i in range(last - first):
         n = last - 1 - i
         row, valid = scan_rows(b, h, n, T, H, rev, col_h, col_w, C)
@@ -173,21 +118,24 @@ def _backward_kernel(q, k, v, g, do, states, seg_states, z, w, o_pre,
         k_c = load_tile(k, row, valid, K)
         v_c = load_tile(v, row, valid, V)
         g_c = load_gate(g, row, valid, K, RAW_GATE, gate_norm)
-        do_c, dz_c, dw_c = _output_grad(do, z, w, o_pre, row, valid, w_v, eps, V, NORM)
+        do_c, dz_c, dw_c = output_grad(do, z, o_pre, row, valid, w_v, eps, V, NORM)
         if NORM:
             store_tile(dz, row, valid, dz_c, V)
             dw += dw_c
         state_in = tl.load(state_ptrs(states, bh * n_chunks + n, K, V))
-        beyond = tl.sum(state_out * d_state, axis=1)
         b_c = tl.cumsum(g_c, axis=0)
         b_last = tl.sum(g_c, axis=0)
-        if tl.min(b_last, axis=0) > FAST_PATH_MIN_DECAY:
-            dq_c, dk_c, dv_c, e_from_start, e_to_end = _intra_grads_fast(
-                q_c, k_c, v_c, do_c, b_c, b_last, scale, C, FP32_DOT)
-        else:
-            dq_c, dk_c, dv_c = _intra_grads_exact(q_c, k_c, v_c, do_c, g_c, scale, C, K, V, SUB, FP32_DOT)
+        exact = tl.min(b_last, axis=0) <= FAST_PATH_MIN_DECAY
+        tl.store(exact_chunks + bh * n_chunks + n, exact.to(tl.int8))
+        if exact:  # triton_exact adds the intra-chunk terms
+            dq_c = tl.zeros([C, K], dtype=tl.float32)
+            dk_c = tl.zeros([C, K], dtype=tl.float32)
+            dv_c = tl.zeros([C, V], dtype=tl.float32)
             e_from_start = tl.exp(b_c)
             e_to_end = decay_to_end(g_c)
+        else:
+            dq_c, dk_c, dv_c, e_from_start, e_to_end = _intra_grads_fast(
+                q_c, k_c, v_c, do_c, b_c, b_last, scale, C, FP32_DOT)
         dq_c += scale * mm(do_c, tl.trans(state_in), FP32_DOT) * e_from_start
         dk_c += mm(v_c, tl.trans(d_state), FP32_DOT) * e_to_end
         dv_c += mm(k_c * e_to_end, d_state, FP32_DOT)
@@ -195,13 +143,13 @@ def _backward_kernel(q, k, v, g, do, states, seg_states, z, w, o_pre,
         # gate gradient accurate where strong decay makes it tiny next to them.
         d_gate = q_c * dq_c - k_c * dk_c
         dg_c = tl.cumsum(d_gate, axis=0, reverse=True) + beyond[None, :]
-        d_diag = scale * tl.sum(do_c * v_c, axis=1)[:, None]
+        d_diag = scale * tl.sum(do_c.to(tl.float32) * v_c.to(tl.float32), axis=1)[:, None]
         store_tile(dq, row, valid, dq_c + d_diag * k_c, K)
         store_tile(dk, row, valid, dk_c + d_diag * q_c, K)
         store_tile(dv, row, valid, dv_c, V)
         store_tile(dg, row, valid, gate_input_grad(dg_c, g, row, valid, K, RAW_GATE, gate_norm), K)
         d_state = tl.exp(b_last)[:, None] * d_state + scale * mm(tl.trans(q_c * e_from_start), do_c, FP32_DOT)
-        state_out = state_in
+        beyond = tl.sum(state_in * d_state, axis=1)
     if NORM:
         tl.store(dw_parts + (bh * n_segs + seg).to(tl.int64) * V + tl.arange(0, V), dw)
 
@@ -235,12 +183,15 @@ def backward(q, k, v, g, d_out, scale: float, order: ScanOrder, height: int, wid
             T, H, p.n_chunks, p.chunks_per_segment, p.n_segments, *args, scale, gate_norm, norm_eps,
             **flags, **SUMMARY_LAUNCH)
         seg_states = scan_segments(summaries, log_decays, reverse=True)
-    dq, dk, dv, dg = (torch.empty_like(x) for x in (q, k, v, g))
+    grads = tuple(torch.empty_like(x) for x in (q, k, v, g))
     dz = torch.empty_like(output_gate) if norm else d_out.new_empty(0)
     dw_parts = q.new_empty((B * H * p.n_segments, V) if norm else (0,), dtype=torch.float32)
+    exact_chunks = q.new_empty(B * H * p.n_chunks, dtype=torch.int8)
     _backward_kernel[(p.n_segments, B * H)](
-        q, k, v, g, d_out, states, seg_states, *extras, dq, dk, dv, dg, dz if norm else dq, dw_parts,
+        q, k, v, g, d_out, states, seg_states, *extras, *grads, dz if norm else d_out, dw_parts, exact_chunks,
         T, H, p.n_chunks, p.chunks_per_segment, p.n_segments, *args, scale, gate_norm, norm_eps,
-        SUB=SUB_BLOCK, SEGMENTED=p.n_segments > 1, **flags, **BACKWARD_LAUNCH)
+        SEGMENTED=p.n_segments > 1, **flags, **BACKWARD_LAUNCH)
+    triton_exact.add_backward(q, k, v, g, d_out, grads, exact_chunks, scale, args, gate_norm, output_gate,
+                              norm_weight, norm_eps, o_pre, exact_dots(q))
     dw = dw_parts.sum(0) if norm else dw_parts
-    return dq, dk, dv, dg, dz, dw
+    return (*grads, dz, dw)

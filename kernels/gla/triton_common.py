@@ -34,9 +34,10 @@ def scan_rows(b, h, n, T, H, rev, col_h, col_w, ROWS: tl.constexpr):
 
 @triton.jit
 def load_tile(ptr, row, valid, D: tl.constexpr):
-    """[ROWS, D] float32 tile of a [B, T, H, D] tensor; rows past the end read as 0."""
+    """[ROWS, D] tile of a [B, T, H, D] tensor in its own dtype (16-bit tiles take half the
+    registers; arithmetic with float32 promotes them); rows past the end read as 0."""
     cols = tl.arange(0, D)
-    return tl.load(ptr + row[:, None] * D + cols[None, :], mask=valid[:, None], other=0.0).to(tl.float32)
+    return tl.load(ptr + row[:, None] * D + cols[None, :], mask=valid[:, None], other=0.0)
 
 
 @triton.jit
@@ -48,7 +49,7 @@ def store_tile(ptr, row, valid, x, D: tl.constexpr):
 @triton.jit
 def load_gate(g, row, valid, K: tl.constexpr, RAW_GATE: tl.constexpr, gate_norm):
     """Log-space gates: loaded as they are, or logsigmoid(x) / gate_norm of raw logits x."""
-    x = load_tile(g, row, valid, K)
+    x = load_tile(g, row, valid, K).to(tl.float32)
     if RAW_GATE:
         x = (tl.minimum(x, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(x)))) / gate_norm
         x = tl.where(valid[:, None], x, 0.0)
@@ -59,7 +60,7 @@ def load_gate(g, row, valid, K: tl.constexpr, RAW_GATE: tl.constexpr, gate_norm)
 def gate_input_grad(dg, g, row, valid, K: tl.constexpr, RAW_GATE: tl.constexpr, gate_norm):
     """Chain rule through `load_gate`: d logsigmoid(x)/dx = sigmoid(-x)."""
     if RAW_GATE:
-        x = load_tile(g, row, valid, K)
+        x = load_tile(g, row, valid, K).to(tl.float32)
         dg = dg / ((1.0 + tl.exp(x)) * gate_norm)
     return dg
 
@@ -74,7 +75,7 @@ def state_ptrs(base, index, K: tl.constexpr, V: tl.constexpr):
 def mm(a, b, FP32_DOT: tl.constexpr):
     """a @ b with float32 accumulation; operands rounded to bfloat16 unless FP32_DOT."""
     if FP32_DOT:
-        return tl.dot(a, b, input_precision="ieee")
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
     else:
         return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
 
@@ -90,7 +91,7 @@ def block_selector(i, ROWS: tl.constexpr, SUB: tl.constexpr):
 
 @triton.jit
 def rows_of(sel, x):
-    return tl.dot(tl.trans(sel), x, input_precision="ieee")
+    return tl.dot(tl.trans(sel), x.to(tl.float32), input_precision="ieee")
 
 
 @triton.jit
@@ -99,22 +100,31 @@ def place_rows(sel, y):
 
 
 @triton.jit
-def block_decays(g, g_i, i, C: tl.constexpr, SUB: tl.constexpr):
-    """Decays around sub-block i (rows i*SUB ..) of a chunk with gates g [C, K] (g_i: the block's rows):
-    within[t, s, :] = exp(sum_{s<u<=t} g_u) for t >= s in the block, else 0   [SUB, SUB, K]
-    after[t, :]     = exp(sum_{i*SUB <= u <= t} g_u)                           [SUB, K]
-    before[s, :]    = exp(sum_{s<u<i*SUB} g_u) for s < i*SUB, else 0            [C, K]
-    All are sums of the gates themselves, never differences of long cumulative sums, so the
-    strongly decayed neighbours that dominate the gate gradient stay accurate to float32."""
-    sub = tl.arange(0, SUB)
-    later = sub[:, None, None] > sub[None, :, None]
-    partial = tl.cumsum(tl.where(later, g_i[:, None, :], 0.0), axis=0)
-    within = tl.exp(tl.where(sub[:, None, None] >= sub[None, :, None], partial, float("-inf")))
+def decays_into_row(g_i, t, SUB: tl.constexpr):
+    """exp(sum_{s<u<=t} g_u) for the rows s <= t of a sub-block with gates g_i [SUB, K], else 0."""
+    upto = (tl.arange(0, SUB) <= t)[:, None]
+    g_upto = tl.where(upto, g_i, 0.0)
+    return tl.where(upto, tl.exp(tl.cumsum(g_upto, axis=0, reverse=True) - g_upto), 0.0)
+
+
+@triton.jit
+def decays_across_block_start(g, g_i, i, C: tl.constexpr, SUB: tl.constexpr):
+    """Around the start of sub-block i (row i*SUB) of a chunk with gates g [C, K] (g_i: the block's):
+    after[t]  = exp(sum_{i*SUB <= u <= t} g_u) for the block's rows          [SUB, K]
+    before[s] = exp(sum_{s<u<i*SUB} g_u) for chunk rows s < i*SUB, else 0     [C, K]
+    Like `decays_into_row`, sums of the gates themselves, never differences of long cumulative
+    sums, so the strongly decayed neighbours that dominate the gate gradient stay accurate."""
     after = tl.exp(tl.cumsum(g_i, axis=0))
     earlier = (tl.arange(0, C) < i * SUB)[:, None]
     g_before = tl.where(earlier, g, 0.0)
     before = tl.where(earlier, tl.exp(tl.cumsum(g_before, axis=0, reverse=True) - g_before), 0.0)
-    return within, after, before
+    return after, before
+
+
+@triton.jit
+def row_of(x, at_t):
+    """Row t of a register tile, with at_t = (rows == t)[:, None]."""
+    return tl.sum(tl.where(at_t, x, 0.0), axis=0)
 
 
 @triton.jit
@@ -142,3 +152,27 @@ def gated_rms_norm_grad(d_out, o, z, w, eps, V: tl.constexpr):
     dz = d_out * y * w[None, :] * sig * (1.0 + z * (1.0 - sig))
     dw = tl.sum(d_out * y * swish, axis=0)
     return do, dz, dw
+
+
+@triton.jit
+def norm_weight(w, V: tl.constexpr, NORM: tl.constexpr):
+    """The fused norm's weight [V] as float32 (zeros, unused, without the norm)."""
+    if NORM:
+        w_v = tl.load(w + tl.arange(0, V)).to(tl.float32)
+    else:
+        w_v = tl.zeros([V], dtype=tl.float32)
+    return w_v
+
+
+@triton.jit
+def output_grad(do, z, o_pre, row, valid, w_v, eps, V: tl.constexpr, NORM: tl.constexpr):
+    """dL/do of the GLA output; with the fused norm, `do` holds dL/d(out) and the norm's
+    gradients for its gate and weight come along (zeros without it)."""
+    d_out = load_tile(do, row, valid, V)
+    if NORM:
+        o = load_tile(o_pre, row, valid, V).to(tl.float32)
+        z_c = load_tile(z, row, valid, V).to(tl.float32)
+        d_o, dz, dw = gated_rms_norm_grad(d_out.to(tl.float32), o, z_c, w_v, eps, V)
+    else:
+        d_o, dz, dw = d_out, d_out, tl.zeros([V], dtype=tl.float32)
+    return d_o, dz, dw

@@ -3,10 +3,10 @@
 Within a chunk of C scan steps with in-chunk cumulative gates b_t (b_last = b_{C-1}):
     o_t = scale * [ (q_t e^{b_t}) S_in + sum_{s<=t} <q_t, k_s e^{b_t - b_s}> v_s ]
     S_out = e^{b_last} S_in + sum_s (k_s e^{b_last - b_s})^T v_s
-Every exponent there is <= 0 except in the intra-chunk scores. The fast path factors those as
-(q_t e^{b_t - rho}) (k_s e^{rho - b_s}) with rho = b_last / 2 (one matrix product); when a
-channel decays by more than FAST_PATH_MIN_DECAY over the chunk, the exact path computes them
-block by block with only non-positive exponents.
+Every exponent there is <= 0 except in the intra-chunk scores. This kernel factors those as
+(q_t e^{b_t - rho}) (k_s e^{rho - b_s}) with rho = b_last / 2 (one matrix product); a chunk where
+some channel decays by more than FAST_PATH_MIN_DECAY is flagged instead and gets its
+intra-chunk part from triton_exact.
 """
 from __future__ import annotations
 
@@ -14,20 +14,16 @@ import torch
 import triton
 import triton.language as tl
 
+from . import triton_exact
 from .scan_order import ScanOrder
 from .triton_common import (
     CHUNK,
     FAST_PATH_MIN_DECAY,
-    SUB_BLOCK,
-    block_decays,
-    block_selector,
     decay_to_end,
     gated_rms_norm,
     load_gate,
     load_tile,
     mm,
-    place_rows,
-    rows_of,
     scan_rows,
     state_ptrs,
     store_tile,
@@ -35,7 +31,7 @@ from .triton_common import (
 from .triton_segments import order_arguments, plan, scan_segments
 
 # Launch settings (chosen by bench/gla.py's sweep on an H100).
-FORWARD_LAUNCH = {"num_warps": 4, "num_stages": 2}
+FORWARD_LAUNCH = {"num_warps": 8, "num_stages": 1}
 SUMMARY_LAUNCH = {"num_warps": 4, "num_stages": 2}
 
 
@@ -52,24 +48,7 @@ def _intra_fast(q, k, v, b, b_last, C: tl.constexpr, FP32_DOT: tl.constexpr):
     return mm(scores, v, FP32_DOT), e_q * e_rho, e_k * e_rho
 
 
-@triton.jit
-def _intra_exact(q, k, v, g, C: tl.constexpr, V: tl.constexpr, SUB: tl.constexpr, FP32_DOT: tl.constexpr):
-    """Unscaled intra-chunk output [C, V] for any decay: the diagonal SUB-blocks elementwise,
-    earlier rows through a reference point at the block start (see `block_decays`)."""
-    out = tl.zeros([C, V], dtype=tl.float32)
-    for i in tl.static_range(C // SUB):
-        sel = block_selector(i, C, SUB)
-        q_i, k_i, v_i = rows_of(sel, q), rows_of(sel, k), rows_of(sel, v)
-        within, after, before = block_decays(g, rows_of(sel, g), i, C, SUB)
-        scores = tl.sum(q_i[:, None, :] * k_i[None, :, :] * within, axis=2)
-        o_i = mm(scores, v_i, FP32_DOT)
-        if i > 0:
-            o_i += mm(mm(q_i * after, tl.trans(k * before), FP32_DOT), v, FP32_DOT)
-        out += place_rows(sel, o_i)
-    return out
-
-
-@triton.jit(do_not_specialize=["T", "n_chunks", "chunks_per_seg", "n_segs", "rev", "col_h", "col_w"])
+@triton.jit(do_not_specialize=["T", "H", "n_chunks", "chunks_per_seg", "n_segs", "rev", "col_h", "col_w"])
 def _summary_kernel(k, v, g, summaries, log_decays,
                     T, H, n_chunks, chunks_per_seg, n_segs, rev, col_h, col_w, gate_norm,
                     K: tl.constexpr, V: tl.constexpr, C: tl.constexpr,
@@ -94,10 +73,10 @@ def _summary_kernel(k, v, g, summaries, log_decays,
     tl.store(log_decays + index.to(tl.int64) * K + tl.arange(0, K), total)
 
 
-@triton.jit(do_not_specialize=["T", "n_chunks", "chunks_per_seg", "n_segs", "rev", "col_h", "col_w"])
-def _forward_kernel(q, k, v, g, out, states, seg_states, z, w, o_pre,
+@triton.jit(do_not_specialize=["T", "H", "n_chunks", "chunks_per_seg", "n_segs", "rev", "col_h", "col_w"])
+def _forward_kernel(q, k, v, g, out, states, seg_states, z, w, o_pre, exact_chunks,
                     T, H, n_chunks, chunks_per_seg, n_segs, rev, col_h, col_w, scale, gate_norm, eps,
-                    K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, SUB: tl.constexpr,
+                    K: tl.constexpr, V: tl.constexpr, C: tl.constexpr,
                     RAW_GATE: tl.constexpr, NORM: tl.constexpr, SAVE: tl.constexpr,
                     SEGMENTED: tl.constexpr, FP32_DOT: tl.constexpr):
     seg = tl.program_id(0)
@@ -120,18 +99,21 @@ def _forward_kernel(q, k, v, g, out, states, seg_states, z, w, o_pre,
             tl.store(state_ptrs(states, bh * n_chunks + n, K, V), state)
         b_c = tl.cumsum(g_c, axis=0)
         b_last = tl.sum(g_c, axis=0)
-        if tl.min(b_last, axis=0) > FAST_PATH_MIN_DECAY:
-            o_c, e_from_start, e_to_end = _intra_fast(q_c, k_c, v_c, b_c, b_last, C, FP32_DOT)
-        else:
-            o_c = _intra_exact(q_c, k_c, v_c, g_c, C, V, SUB, FP32_DOT)
+        exact = tl.min(b_last, axis=0) <= FAST_PATH_MIN_DECAY
+        tl.store(exact_chunks + bh * n_chunks + n, exact.to(tl.int8))
+        if exact:  # triton_exact adds the intra-chunk part
+            o_c = tl.zeros([C, V], dtype=tl.float32)
             e_from_start = tl.exp(b_c)
             e_to_end = decay_to_end(g_c)
+        else:
+            o_c, e_from_start, e_to_end = _intra_fast(q_c, k_c, v_c, b_c, b_last, C, FP32_DOT)
         o_c = scale * (o_c + mm(q_c * e_from_start, state, FP32_DOT))
         state = tl.exp(b_last)[:, None] * state + mm(tl.trans(k_c * e_to_end), v_c, FP32_DOT)
         if NORM:
             if SAVE:
                 store_tile(o_pre, row, valid, o_c, V)
-            o_c = gated_rms_norm(o_c, load_tile(z, row, valid, V), w_v, eps, V)
+            normed = gated_rms_norm(o_c, load_tile(z, row, valid, V).to(tl.float32), w_v, eps, V)
+            o_c = tl.where(exact, o_c, normed)  # an exact chunk's norm waits for its full output
         store_tile(out, row, valid, o_c, V)
 
 
@@ -175,10 +157,13 @@ def forward(q, k, v, g, scale: float, order: ScanOrder, height: int, width: int,
     seg_states = states
     if p.n_segments > 1:
         seg_states = scan_segments(*segment_summaries(k, v, g, p, args, gate_norm), reverse=False)
+    exact_chunks = q.new_empty(B * H * p.n_chunks, dtype=torch.int8)
+    extras = (output_gate, norm_weight) if norm else (out, out)
     _forward_kernel[(p.n_segments, B * H)](
-        q, k, v, g, out, states, seg_states,
-        output_gate if norm else out, norm_weight if norm else out, o_pre,
+        q, k, v, g, out, states, seg_states, *extras, o_pre, exact_chunks,
         T, H, p.n_chunks, p.chunks_per_segment, p.n_segments, *args, scale, gate_norm, norm_eps,
-        K=K, V=V, C=CHUNK, SUB=SUB_BLOCK, RAW_GATE=gate_norm > 0, NORM=norm, SAVE=save,
+        K=K, V=V, C=CHUNK, RAW_GATE=gate_norm > 0, NORM=norm, SAVE=save,
         SEGMENTED=p.n_segments > 1, FP32_DOT=exact_dots(q), **FORWARD_LAUNCH)
+    triton_exact.add_forward(q, k, v, g, out, exact_chunks, scale, args, gate_norm, output_gate, norm_weight,
+                             norm_eps, o_pre, exact_dots(q))
     return out, states, o_pre

@@ -4,8 +4,6 @@ the gated-RMSNorm epilogue, and hands the per-chunk states from forward to backw
 backward never recomputes them. torch.compile sees each call as one node; nothing syncs with
 the host and every shape follows from the input shapes, so it also captures in CUDA graphs.
 """
-from __future__ import annotations
-
 import os
 
 import torch
