@@ -113,7 +113,8 @@ def vae_only_rate(vae_dir: Path, resolution: int, batch_size: int, device: torch
     return done * batch_size / (time.perf_counter() - start)
 
 
-def decode_only_rate(folder: Path, resolution: int, batch_size: int, workers: int, limit: int) -> float:
+def decode_only_rate(folder: Path, resolution: int, batch_size: int, workers: int, limit: int,
+                     part_size: int) -> float:
     """Images/s the DataLoader workers decode and crop with no GPU work behind them."""
     from torch.utils.data import DataLoader
 
@@ -121,7 +122,7 @@ def decode_only_rate(folder: Path, resolution: int, batch_size: int, workers: in
     from data_prep.sources import ImageFolderSource
 
     source = ImageFolderSource(str(folder))
-    parts = source.plan_parts(4096, limit)
+    parts = source.plan_parts(part_size, limit)
     loader = DataLoader(PartBatches(source, parts, resolution, batch_size), batch_size=None, num_workers=workers,
                         prefetch_factor=4 if workers else None)
     start, count = time.perf_counter(), 0
@@ -131,11 +132,11 @@ def decode_only_rate(folder: Path, resolution: int, batch_size: int, workers: in
 
 
 def pipeline_rate(folder: Path, vae_dir: Path, resolution: int, batch_size: int, workers: int | None,
-                  limit: int, output: Path):
+                  limit: int, part_size: int, output: Path):
     from data_prep.encode import parse_args, run
 
     argv = ["--input", str(folder), "--output", str(output), "--resolution", str(resolution), "--vae", str(vae_dir),
-            "--batch-size", str(batch_size), "--limit", str(limit), "--no-progress"]
+            "--batch-size", str(batch_size), "--limit", str(limit), "--part-size", str(part_size), "--no-progress"]
     if workers is not None:
         argv += ["--num-workers", str(workers)]
     _, report = run(parse_args(argv))
@@ -199,9 +200,11 @@ def main() -> None:
             if device.type == "cuda":  # which memory format suits this card's convolutions and GroupNorm
                 other_layout = vae_only_rate(vae_dir, resolution, args.batch_size, device, 5.0, channels_last=False)
             count = int(min(max_count, max(4 * args.batch_size, vae_rate * args.seconds)))
-            decode_rate = decode_only_rate(images["folder"], resolution, args.batch_size, workers, count)
+            # Parts are what workers share out: a real dataset has hundreds, give this short run 4 per worker.
+            part_size = max(args.batch_size, -(-count // (4 * workers)))
+            decode_rate = decode_only_rate(images["folder"], resolution, args.batch_size, workers, count, part_size)
             report = pipeline_rate(images["folder"], vae_dir, resolution, args.batch_size, args.num_workers, count,
-                                   tmp / f"out-{resolution}")
+                                   part_size, tmp / f"out-{resolution}")
             rows.append((resolution, count, vae_rate, other_layout, report.images_per_second, decode_rate))
             print(f"{resolution} px: VAE only {vae_rate:.1f} img/s, pipeline {report.images_per_second:.1f} img/s "
                   f"({report.images_per_second / vae_rate:.0%}), decode only {decode_rate:.1f} img/s", flush=True)

@@ -50,10 +50,14 @@ class WriteJob:
 
 class PartWriter:
     """Feed it `WriteJob`s in order; each part gets its own MDSWriter and, once its last job is
-    written, a manifest (which marks it finished). `on_finished(part, manifest)` runs on the writer thread."""
+    written, a manifest (which marks it finished). `on_finished(part, manifest)` runs on the writer thread.
+
+    Up to `max_queued` jobs wait (a few seconds of GPU output), so a slow shard flush or upload
+    wait inside MDSWriter does not stall the encoder.
+    """
 
     def __init__(self, store: OutputStore, columns: dict[str, str],
-                 on_finished: Callable[[Part, dict], None] | None = None, max_queued: int = 8):
+                 on_finished: Callable[[Part, dict], None] | None = None, max_queued: int = 64):
         self.store, self.columns, self.on_finished = store, columns, on_finished
         self._open: dict[int, _OpenPart] = {}
         self._queue: queue.Queue[WriteJob | None] = queue.Queue(maxsize=max_queued)
