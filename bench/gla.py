@@ -11,6 +11,7 @@ versions and date, to bench/results/gla_<card>.md.
     python bench/gla.py --sweep         # first pick launch settings for our kernels
     python bench/gla.py --profile       # add a per-kernel breakdown (torch.profiler)
     python bench/gla.py --cold-compile  # time compiling every DiG variant from an empty Triton cache
+    ncu -k regex:_kernel python bench/gla.py --profile-step   # two fwd+bwd steps at DiG-XL/2, B=16, T=4096
 """
 from __future__ import annotations
 
@@ -150,7 +151,7 @@ def sweep(shapes: list[Case]) -> dict:
             run_ours(c, graph=False)
         return sum(c.ms["ours fwd+bwd"] or float("inf") for c in shapes)
 
-    choices = [{"num_warps": w, "num_stages": s} for w, s in ((8, 1), (8, 2), (16, 1), (4, 1))]
+    choices = [{"num_warps": w, "num_stages": s} for w, s in ((4, 1), (4, 2), (8, 1), (8, 2))]
     for target in (triton_forward.FORWARD_LAUNCH, triton_backward.BACKWARD_LAUNCH):
         results = []
         for choice in choices:
@@ -161,7 +162,7 @@ def sweep(shapes: list[Case]) -> dict:
         target.clear()
         target.update(min(results, key=lambda r: r[0])[1])
     results = []
-    for pps in (2, 4, 8):
+    for pps in (1, 2, 3, 4):
         triton_segments.PROGRAMS_PER_SM = pps
         results.append((total(), pps))
         print(f"  sweep programs/SM {pps}: {results[-1][0]:.3f} ms", flush=True)
@@ -281,8 +282,17 @@ def main() -> None:
     parser.add_argument("--skip", nargs="*", default=[], choices=["fla", "sdpa"], help="contenders to leave out")
     parser.add_argument("--cold-compile", action="store_true", help="time a cold compile of the DiG variants")
     parser.add_argument("--launch-file", type=Path, help="where --sweep saves its choice, and runs load it from")
+    parser.add_argument("--profile-step", action="store_true", help="only run two fwd+bwd steps (for ncu)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
+    if args.launch_file and args.launch_file.exists() and not args.sweep:
+        apply_launch(json.loads(args.launch_file.read_text()))
+    if args.profile_step:
+        inputs = gla_inputs(Case("DiG-XL/2", 16, 4096), grad=True)
+        step = fwd_bwd(lambda *x: chunk_gla(*x, backend="triton"), inputs, torch.randn_like(inputs[2]))
+        step(), step()
+        torch.cuda.synchronize()
+        return
     card = torch.cuda.get_device_name()
     print(f"{card}; {versions()}", flush=True)
     bandwidth = copy_bandwidth()
@@ -296,8 +306,6 @@ def main() -> None:
         chosen = sweep([Case("DiG-XL/2", 16, 4096), Case("DiG-S/2", 1, 16384), Case("DiG-S/2", 64, 1024)])
         if args.launch_file:
             args.launch_file.write_text(json.dumps(chosen))
-    elif args.launch_file and args.launch_file.exists():
-        apply_launch(json.loads(args.launch_file.read_text()))
     notes.append("our launch settings: " + json.dumps({
         "forward": triton_forward.FORWARD_LAUNCH, "backward": triton_backward.BACKWARD_LAUNCH,
         "programs_per_sm": triton_segments.PROGRAMS_PER_SM}) + (" (from the sweep)" if args.sweep else ""))

@@ -234,31 +234,36 @@ def test_gpu_model_layer_bfloat16_autocast():
         out, grads = outputs_and_grads(lambda x: layer(x, order, grid), [x])
     layer.backend = "torch"
     ref, ref_grads = outputs_and_grads(lambda x: layer.double()(x, order, grid), [x.double()])
-    assert rel_err(out, ref) <= 5e-3 and rel_err(grads[0], ref_grads[0]) <= 5e-3
+    # Looser than the kernel's 5e-3: autocast also rounds every projection to bfloat16.
+    assert rel_err(out, ref) <= 1e-2 and rel_err(grads[0], ref_grads[0]) <= 1e-2
 
 
 @gpu_only
 def test_gpu_cuda_graph_capture_and_inductor():
     q, k, v = (x.cuda().bfloat16().requires_grad_() for x in gla_inputs(2, 1024, 6)[:3])
     g = gla_inputs(2, 1024, 6)[3].cuda().requires_grad_()
-    fn = lambda q, k, v, g: scan_gla(q, k, v, g, ScanOrder.COL_FORWARD, (32, 32))  # noqa: E731
-    expected = fn(q, k, v, g)
-    expected.sum().backward()
-    expected_grad = q.grad.clone()
+    inputs = (q, k, v, g)
+    d_out = torch.randn_like(v)
+
+    def step():  # autograd.grad, not .backward(): no AccumulateGrad nodes tied to another stream
+        out = scan_gla(*inputs, ScanOrder.COL_FORWARD, (32, 32))
+        return (out, *torch.autograd.grad(out, inputs, d_out))
+
+    step()  # compiles the kernels
     graph = torch.cuda.CUDAGraph()
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        for _ in range(2):  # warm up (compiles kernels) outside the capture
-            q.grad = None
-            fn(q, k, v, g).sum().backward()
-        q.grad = None
+        for _ in range(2):  # warm up outside the capture
+            step()
         with torch.cuda.graph(graph):
-            out = fn(q, k, v, g)
-            out.sum().backward()
+            captured = step()
     torch.cuda.current_stream().wait_stream(side)
+    for x in inputs:  # new values in place: the replay must see them
+        x.data.mul_(0.5)
     graph.replay()
     torch.cuda.synchronize()
-    assert torch.equal(out, expected) and torch.equal(q.grad, expected_grad)
-    compiled = torch.compile(fn, fullgraph=True)
-    assert torch.equal(compiled(q, k, v, g), expected)
+    for a, b in zip(captured, step()):
+        assert torch.equal(a, b)
+    compiled = torch.compile(lambda *x: scan_gla(*x, ScanOrder.COL_FORWARD, (32, 32)), fullgraph=True)
+    assert torch.equal(compiled(*inputs), step()[0])

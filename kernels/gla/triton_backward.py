@@ -26,6 +26,7 @@ from .triton_common import (
     load_gate,
     load_tile,
     mm,
+    mm_fine,
     norm_weight,
     output_grad,
     scan_rows,
@@ -52,11 +53,11 @@ def _intra_grads_fast(q, k, v, do, b, b_last, scale, C: tl.constexpr, FP32_DOT: 
     q_f = q * e_q
     k_f = k * e_k
     rows = tl.arange(0, C)
-    scores = tl.where(rows[:, None] >= rows[None, :], mm(q_f, tl.trans(k_f), FP32_DOT), 0.0) * scale
-    dv = mm(tl.trans(scores), do, FP32_DOT)
-    d_scores = tl.where(rows[:, None] > rows[None, :], mm(do, tl.trans(v), FP32_DOT), 0.0) * scale
-    dq = mm(d_scores, k_f, FP32_DOT) * e_q
-    dk = mm(tl.trans(d_scores), q_f, FP32_DOT) * e_k
+    scores = tl.where(rows[:, None] >= rows[None, :], mm_fine(q_f, tl.trans(k_f), FP32_DOT), 0.0) * scale
+    dv = mm_fine(tl.trans(scores), do, FP32_DOT)
+    d_scores = tl.where(rows[:, None] > rows[None, :], mm_fine(do, tl.trans(v), FP32_DOT), 0.0) * scale
+    dq = mm_fine(d_scores, k_f, FP32_DOT) * e_q
+    dk = mm_fine(tl.trans(d_scores), q_f, FP32_DOT) * e_k
     return dq, dk, dv, e_q * e_rho, e_k * e_rho
 
 

@@ -22,7 +22,7 @@ from .triton_common import (
     gated_rms_norm,
     load_gate,
     load_tile,
-    mm,
+    mm_fine,
     norm_weight,
     output_grad,
     place_rows,
@@ -48,10 +48,10 @@ def _intra_exact(q, k, v, g, C: tl.constexpr, V: tl.constexpr, SUB: tl.constexpr
             at_t = (sub == t)[:, None]
             row = tl.sum(k_i * decays_into_row(g_i, t, SUB) * row_of(q_i, at_t)[None, :], axis=1)
             scores = tl.where(at_t, row[None, :], scores)
-        o_i = mm(scores, v_i, FP32_DOT)
+        o_i = mm_fine(scores, v_i, FP32_DOT)
         if i > 0:
             after, before = decays_across_block_start(g, g_i, i, C, SUB)
-            o_i += mm(mm(q_i * after, tl.trans(k * before), FP32_DOT), v, FP32_DOT)
+            o_i += mm_fine(mm_fine(q_i * after, tl.trans(k * before), FP32_DOT), v, FP32_DOT)
         out += place_rows(sel, o_i)
     return out
 
@@ -68,7 +68,7 @@ def _intra_grads_exact(q, k, v, do, g, scale, C: tl.constexpr, K: tl.constexpr, 
     for i in range(C // SUB):
         sel = block_selector(i, C, SUB)
         q_i, k_i, v_i, do_i, g_i = rows_of(sel, q), rows_of(sel, k), rows_of(sel, v), rows_of(sel, do), rows_of(sel, g)
-        d_scores = tl.where(sub[:, None] > sub[None, :], mm(do_i, tl.trans(v_i), FP32_DOT), 0.0) * scale
+        d_scores = tl.where(sub[:, None] > sub[None, :], mm_fine(do_i, tl.trans(v_i), FP32_DOT), 0.0) * scale
         scores = tl.zeros([SUB, SUB], dtype=tl.float32)
         dq_i = tl.zeros([SUB, K], dtype=tl.float32)
         dk_i = tl.zeros([SUB, K], dtype=tl.float32)
@@ -81,16 +81,16 @@ def _intra_grads_exact(q, k, v, do, g, scale, C: tl.constexpr, K: tl.constexpr, 
             scores = tl.where(at_t, (scale * tl.sum(k_decayed * q_t[None, :], axis=1))[None, :], scores)
             dq_i = tl.where(at_t, tl.sum(ds_t[:, None] * k_decayed, axis=0)[None, :], dq_i)
             dk_i += ds_t[:, None] * decay * q_t[None, :]
-        dv_i = mm(tl.trans(scores), do_i, FP32_DOT)
+        dv_i = mm_fine(tl.trans(scores), do_i, FP32_DOT)
         if i > 0:
             after, before = decays_across_block_start(g, g_i, i, C, SUB)
             k_before = k * before
             q_after = q_i * after
-            scores_off = mm(q_after, tl.trans(k_before), FP32_DOT) * scale
-            d_scores_off = tl.where(rows[None, :] < i * SUB, mm(do_i, tl.trans(v), FP32_DOT), 0.0) * scale
-            dq_i += mm(d_scores_off, k_before, FP32_DOT) * after
-            dk += mm(tl.trans(d_scores_off), q_after, FP32_DOT) * before
-            dv += mm(tl.trans(scores_off), do_i, FP32_DOT)
+            scores_off = mm_fine(q_after, tl.trans(k_before), FP32_DOT) * scale
+            d_scores_off = tl.where(rows[None, :] < i * SUB, mm_fine(do_i, tl.trans(v), FP32_DOT), 0.0) * scale
+            dq_i += mm_fine(d_scores_off, k_before, FP32_DOT) * after
+            dk += mm_fine(tl.trans(d_scores_off), q_after, FP32_DOT) * before
+            dv += mm_fine(tl.trans(scores_off), do_i, FP32_DOT)
         dq += place_rows(sel, dq_i)
         dk += place_rows(sel, dk_i)
         dv += place_rows(sel, dv_i)
