@@ -38,7 +38,7 @@ from .triton_forward import forward as _forward
 from .triton_segments import order_arguments, plan, scan_segments
 
 # Launch settings (chosen by bench/gla.py's sweep on an H100).
-BACKWARD_LAUNCH = {"num_warps": 8, "num_stages": 1}
+BACKWARD_LAUNCH = {"num_warps": 8, "num_stages": 2}
 SUMMARY_LAUNCH = {"num_warps": 4, "num_stages": 2}
 
 
@@ -53,9 +53,9 @@ def _intra_grads_fast(q, k, v, do, b, b_last, scale, C: tl.constexpr, FP32_DOT: 
     q_f = q * e_q
     k_f = k * e_k
     rows = tl.arange(0, C)
-    scores = tl.where(rows[:, None] >= rows[None, :], mm_fine(q_f, tl.trans(k_f), FP32_DOT), 0.0) * scale
-    dv = mm_fine(tl.trans(scores), do, FP32_DOT)
-    d_scores = tl.where(rows[:, None] > rows[None, :], mm_fine(do, tl.trans(v), FP32_DOT), 0.0) * scale
+    scores = tl.where(rows[:, None] >= rows[None, :], mm(q_f, tl.trans(k_f), FP32_DOT), 0.0) * scale
+    dv = mm(tl.trans(scores), do, FP32_DOT)
+    d_scores = tl.where(rows[:, None] > rows[None, :], mm(do, tl.trans(v), FP32_DOT), 0.0) * scale
     dq = mm_fine(d_scores, k_f, FP32_DOT) * e_q
     dk = mm_fine(tl.trans(d_scores), q_f, FP32_DOT) * e_k
     return dq, dk, dv, e_q * e_rho, e_k * e_rho
@@ -83,7 +83,7 @@ def _summary_kernel(q, g, do, z, w, o_pre, summaries, log_decays,
         do_c, _, _ = output_grad(do, z, o_pre, row, valid, w_v, eps, V, NORM)
         b_last = tl.sum(g_c, axis=0)
         q_from_start = q_c * tl.exp(tl.cumsum(g_c, axis=0))
-        d_state = tl.exp(b_last)[:, None] * d_state + scale * mm(tl.trans(q_from_start), do_c, FP32_DOT)
+        d_state = tl.exp(b_last)[:, None] * d_state + scale * mm_fine(tl.trans(q_from_start), do_c, FP32_DOT)
         total += b_last
     index = bh * n_segs + seg
     tl.store(state_ptrs(summaries, index, K, V), d_state)
@@ -137,8 +137,8 @@ def _backward_kernel(q, k, v, g, do, states, seg_states, z, w, o_pre,
         else:
             dq_c, dk_c, dv_c, e_from_start, e_to_end = _intra_grads_fast(
                 q_c, k_c, v_c, do_c, b_c, b_last, scale, C, FP32_DOT)
-        dq_c += scale * mm(do_c, tl.trans(state_in), FP32_DOT) * e_from_start
-        dk_c += mm(v_c, tl.trans(d_state), FP32_DOT) * e_to_end
+        dq_c += scale * mm_fine(do_c, tl.trans(state_in), FP32_DOT) * e_from_start
+        dk_c += mm_fine(v_c, tl.trans(d_state), FP32_DOT) * e_to_end
         dv_c += mm(k_c * e_to_end, d_state, FP32_DOT)
         # The t == s terms of dq and dk cancel exactly in q dq - k dk: leaving them out keeps the
         # gate gradient accurate where strong decay makes it tiny next to them.
@@ -149,7 +149,7 @@ def _backward_kernel(q, k, v, g, do, states, seg_states, z, w, o_pre,
         store_tile(dk, row, valid, dk_c + d_diag * q_c, K)
         store_tile(dv, row, valid, dv_c, V)
         store_tile(dg, row, valid, gate_input_grad(dg_c, g, row, valid, K, RAW_GATE, gate_norm), K)
-        d_state = tl.exp(b_last)[:, None] * d_state + scale * mm(tl.trans(q_c * e_from_start), do_c, FP32_DOT)
+        d_state = tl.exp(b_last)[:, None] * d_state + scale * mm_fine(tl.trans(q_c * e_from_start), do_c, FP32_DOT)
         beyond = tl.sum(state_in * d_state, axis=1)
     if NORM:
         tl.store(dw_parts + (bh * n_segs + seg).to(tl.int64) * V + tl.arange(0, V), dw)

@@ -74,8 +74,7 @@ def state_ptrs(base, index, K: tl.constexpr, V: tl.constexpr):
 
 @triton.jit
 def mm(a, b, FP32_DOT: tl.constexpr):
-    """a @ b with float32 accumulation for the state products: exact float32 if FP32_DOT, else
-    bfloat16 operands."""
+    """a @ b with float32 accumulation: exact float32 if FP32_DOT, else bfloat16 operands."""
     if FP32_DOT:
         return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
     else:
@@ -84,8 +83,9 @@ def mm(a, b, FP32_DOT: tl.constexpr):
 
 @triton.jit
 def mm_fine(a, b, FP32_DOT: tl.constexpr):
-    """`mm` for the intra-chunk products: tf32, not bfloat16, on the GPU. Their decay-scaled
-    operands lose too much in bfloat16 (gate gradients ~1e-2 off, ~3e-3 in tf32)."""
+    """`mm` with tf32 instead of bfloat16 operands, for the products whose rounding reaches the
+    gate gradient: it is a small difference (q dq - k dk) of large terms, ~1e-2 off with
+    bfloat16 everywhere, ~3e-3 with these in tf32 (the states and dq, dk)."""
     if FP32_DOT:
         return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
     else:

@@ -32,7 +32,7 @@ from .triton_common import (
 from .triton_segments import order_arguments, plan, scan_segments
 
 # Launch settings (chosen by bench/gla.py's sweep on an H100).
-FORWARD_LAUNCH = {"num_warps": 4, "num_stages": 1}
+FORWARD_LAUNCH = {"num_warps": 8, "num_stages": 2}
 SUMMARY_LAUNCH = {"num_warps": 4, "num_stages": 2}
 
 
@@ -44,9 +44,9 @@ def _intra_fast(q, k, v, b, b_last, C: tl.constexpr, FP32_DOT: tl.constexpr):
     e_k = tl.exp(rho[None, :] - b)
     e_rho = tl.exp(rho)[None, :]
     rows = tl.arange(0, C)
-    scores = mm_fine(q * e_q, tl.trans(k * e_k), FP32_DOT)
+    scores = mm(q * e_q, tl.trans(k * e_k), FP32_DOT)
     scores = tl.where(rows[:, None] >= rows[None, :], scores, 0.0)
-    return mm_fine(scores, v, FP32_DOT), e_q * e_rho, e_k * e_rho
+    return mm(scores, v, FP32_DOT), e_q * e_rho, e_k * e_rho
 
 
 @triton.jit(do_not_specialize=["T", "H", "n_chunks", "chunks_per_seg", "n_segs", "rev", "col_h", "col_w"])
@@ -67,7 +67,7 @@ def _summary_kernel(k, v, g, summaries, log_decays,
         v_c = load_tile(v, row, valid, V)
         g_c = load_gate(g, row, valid, K, RAW_GATE, gate_norm)
         b_last = tl.sum(g_c, axis=0)
-        state = tl.exp(b_last)[:, None] * state + mm(tl.trans(k_c * decay_to_end(g_c)), v_c, FP32_DOT)
+        state = tl.exp(b_last)[:, None] * state + mm_fine(tl.trans(k_c * decay_to_end(g_c)), v_c, FP32_DOT)
         total += b_last
     index = bh * n_segs + seg
     tl.store(state_ptrs(summaries, index, K, V), state)
@@ -109,7 +109,7 @@ def _forward_kernel(q, k, v, g, out, states, seg_states, z, w, o_pre, exact_chun
         else:
             o_c, e_from_start, e_to_end = _intra_fast(q_c, k_c, v_c, b_c, b_last, C, FP32_DOT)
         o_c = scale * (o_c + mm(q_c * e_from_start, state, FP32_DOT))
-        state = tl.exp(b_last)[:, None] * state + mm(tl.trans(k_c * e_to_end), v_c, FP32_DOT)
+        state = tl.exp(b_last)[:, None] * state + mm_fine(tl.trans(k_c * e_to_end), v_c, FP32_DOT)
         if NORM:
             if SAVE:
                 store_tile(o_pre, row, valid, o_c, V)

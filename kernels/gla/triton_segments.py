@@ -21,7 +21,7 @@ from .scan_order import ScanOrder
 from .triton_common import CHUNK
 
 # Programs per multiprocessor the plan aims for: enough to hide memory latency.
-PROGRAMS_PER_SM = 2
+PROGRAMS_PER_SM = 3
 # The interpreter has no multiprocessors; pretend to a few so small tests exercise segments.
 INTERPRETER_SMS = 2
 # States are scanned in column tiles so that even one sequence spreads over several programs.
