@@ -79,8 +79,8 @@ def gla_inputs(case: Case, grad: bool):
 
 def timed(fn, graph: bool = False) -> float | None:
     try:
-        return (do_bench_cudagraph(fn, rep=200, return_mode="median") if graph
-                else do_bench(fn, warmup=25, rep=200, return_mode="median"))
+        return (do_bench_cudagraph(fn, rep=60, return_mode="median") if graph
+                else do_bench(fn, warmup=10, rep=60, return_mode="median"))
     except Exception as e:  # a contender that can't run a shape is reported, not fatal
         print(f"    failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}", flush=True)
         return None
