@@ -4,7 +4,7 @@ import torch
 from gla_reference import physical_scan_index, random_gla_inputs, recurrent_gla
 
 from kernels.gla import ScanOrder, chunk_gla, from_scan_order, scan_gla, to_scan_order
-from kernels.gla.torch_chunked import CHUNK, FACTORISABLE_DECAY
+from kernels.gla.torch_chunked import CHUNK
 
 
 def rel_err(a, b):
@@ -61,11 +61,10 @@ def test_strong_decay_stays_finite_and_exact():
         assert rel_err(a, b) < 1e-4, name
 
 
-@pytest.mark.parametrize("gate_floor, factorised", [(-0.5, True), (-20.0, False)])
-def test_both_intra_chunk_forms_match_recurrence(gate_floor, factorised):
-    # Moderate in-chunk decay takes the factorised (matmul) form, extreme decay the pairwise one.
+@pytest.mark.parametrize("gate_floor", [-0.5, -4.0, -20.0])
+def test_mild_and_strong_decay_match_recurrence_in_fp32(gate_floor):
+    # Per-step gates down to gate_floor: up to 640 of cumulative decay inside one chunk.
     inputs = random_gla_inputs(1, 2 * CHUNK + 3, 2, 8, 8, dtype=torch.float32, gate_floor=gate_floor)
-    assert (-inputs[3][:, :CHUNK].sum(1).min().item() <= FACTORISABLE_DECAY) == factorised
     weight = torch.randn(1, 2 * CHUNK + 3, 2, 8, dtype=torch.float64)
     out, got = grads(lambda *x: chunk_gla(*x, backend="torch"), inputs, weight)
     ref, want = grads(recurrent_gla, inputs, weight)

@@ -5,9 +5,8 @@ Recurrence, per batch and head (gates g in log space, g <= 0):
 Within a chunk of C steps with in-chunk cumulative gates b_t = g_1 + ... + g_t:
     o_t = scale * [ (q_t * e^{b_t}) S_in + sum_{s<=t} <q_t, k_s * e^{b_t - b_s}> v_s ]
     S_out = e^{b_C} * S_in + sum_s (k_s * e^{b_C - b_s})^T v_s
-Every exponent above is <= 0, so strong decay underflows to 0 instead of overflowing. The
-in-chunk scores need e^{b_t - b_s} per key channel; when the chunk's total decay is moderate they
-factorise as (q_t e^{b_t}) . (k_s e^{-b_s}) (two matmuls), otherwise they are formed pairwise.
+Every exponent above is <= 0, so strong decay underflows to 0 instead of overflowing; the
+in-chunk scores keep that property through sub-chunking (see _IntraChunk).
 Arithmetic is float32 (float64 for float64 inputs); outputs take the input dtype.
 """
 from __future__ import annotations
@@ -16,17 +15,21 @@ import torch
 import torch.nn.functional as F
 
 CHUNK = 32
-# Largest in-chunk cumulative decay |b| for which e^{|b|} is safely representable in fp32 and
-# the factorised scores stay accurate; beyond it the pairwise form is used.
-FACTORISABLE_DECAY = 40.0
+SUB_CHUNK = 8  # pairwise decay only inside these; factorised between them
+
+
+def _chunk_length(T: int) -> int:
+    """CHUNK, or less for sequences shorter than one chunk (a multiple of SUB_CHUNK)."""
+    return min(CHUNK, -(-T // SUB_CHUNK) * SUB_CHUNK)
 
 
 def _to_chunks(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """[B, T, H, D] -> [B, H, N, C, D], zero-padded at the end (causal: padding never leaks back)."""
     B, T, H, D = x.shape
-    pad = -T % CHUNK
+    chunk = _chunk_length(T)
+    pad = -T % chunk
     x = F.pad(x.to(dtype), (0, 0, 0, 0, 0, pad))
-    return x.view(B, (T + pad) // CHUNK, CHUNK, H, D).permute(0, 3, 1, 2, 4)
+    return x.view(B, (T + pad) // chunk, chunk, H, D).permute(0, 3, 1, 2, 4)
 
 
 def _from_chunks(x: torch.Tensor, T: int, dtype: torch.dtype) -> torch.Tensor:
@@ -38,39 +41,60 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _causal(b: torch.Tensor) -> torch.Tensor:
-    return torch.ones(CHUNK, CHUNK, dtype=torch.bool, device=b.device).tril()
-
-
 class _IntraChunk:
-    """The in-chunk decayed products sum_k x_tk y_sk e^{b_tk - b_sk} (s <= t) and their adjoints."""
+    """In-chunk decayed products sum_k x_tk y_sk e^{b_tk - b_sk} (s <= t) and their adjoints.
+
+    The chunk is cut into sub-chunks of SUB_CHUNK steps. Inside a sub-chunk the decay is formed
+    pairwise; between query sub-chunk i and an earlier key sub-chunk j it factorises around r_j,
+    the cumulative gate at the end of j: e^{b_t - b_s} = e^{b_t - r_j} e^{r_j - b_s}, where both
+    exponents are <= 0 (t comes after r_j, s before it). Exact and overflow-free for any gates.
+    Tensors are [B, H, N, C, K]; scores [B, H, N, C(t), C(s)].
+    """
 
     def __init__(self, b: torch.Tensor):
-        self.factorised = bool(-b.min() <= FACTORISABLE_DECAY)
-        self.mask = _causal(b)
-        if self.factorised:
-            self.grow, self.shrink = b.exp(), (-b).exp()
-        else:
-            diff = b.unsqueeze(-2) - b.unsqueeze(-3)
-            self.decay = diff.masked_fill(~self.mask[:, :, None], float("-inf")).exp()
+        *lead, C, K = b.shape
+        self.M = C // SUB_CHUNK
+        bs = b.view(*lead, self.M, SUB_CHUNK, K)
+        ref = bs[..., -1, :]                                                    # [.., M, K]
+        inside = torch.ones(SUB_CHUNK, SUB_CHUNK, dtype=torch.bool, device=b.device).tril()
+        diff = bs.unsqueeze(-2) - bs.unsqueeze(-3)                              # [.., M, S, S, K]
+        self.diag_decay = diff.masked_fill(~inside[:, :, None], float("-inf")).exp()
+        earlier = torch.ones(self.M, self.M, dtype=torch.bool, device=b.device).tril(-1)  # j < i
+        grow = bs.unsqueeze(-3) - ref[..., None, :, None, :]                    # [.., M(i), M(j), S, K]
+        self.grow = grow.masked_fill(~earlier[:, :, None, None], float("-inf")).exp()
+        self.shrink = (ref.unsqueeze(-2) - bs).exp()                            # [.., M(j), S, K]
+        self.eye = torch.eye(self.M, dtype=torch.bool, device=b.device)[:, :, None, None]
+
+    def _sub(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(-2, (self.M, SUB_CHUNK))
+
+    def _blocks(self, d: torch.Tensor) -> torch.Tensor:
+        """[.., C, C] -> [.., M(i), M(j), S(t), S(s)]."""
+        return d.unflatten(-1, (self.M, SUB_CHUNK)).unflatten(-3, (self.M, SUB_CHUNK)).transpose(-3, -2)
+
+    def _diagonal(self, blocks: torch.Tensor) -> torch.Tensor:
+        return torch.diagonal(blocks, dim1=-4, dim2=-3).movedim(-1, -3)       # [.., M, S, S]
 
     def scores(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """[.., C(t), C(s)] = sum_k x_tk y_sk e^{b_tk - b_sk}, zero above the diagonal."""
-        if self.factorised:
-            return ((x * self.grow) @ (y * self.shrink).transpose(-1, -2)).masked_fill(~self.mask, 0.0)
-        return torch.einsum("bhntk,bhnsk,bhntsk->bhnts", x, y, self.decay)
+        xs, ys = self._sub(x), self._sub(y)
+        inside = torch.einsum("...mtk,...msk,...mtsk->...mts", xs, ys, self.diag_decay)
+        across = torch.einsum("...ijtk,...jsk->...ijts", xs.unsqueeze(-3) * self.grow, ys * self.shrink)
+        blocks = across + self.eye * inside.unsqueeze(-3)
+        return blocks.transpose(-3, -2).flatten(-4, -3).flatten(-2, -1)
 
-    def to_rows(self, d_scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """sum_s d_ts y_sk e^{b_tk - b_sk} (d masked causal)."""
-        if self.factorised:
-            return self.grow * (d_scores.masked_fill(~self.mask, 0.0) @ (y * self.shrink))
-        return torch.einsum("bhnts,bhnsk,bhntsk->bhntk", d_scores, y, self.decay)
+    def to_rows(self, d: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """sum_{s<=t} d_ts y_sk e^{b_tk - b_sk}."""
+        blocks, ys = self._blocks(d), self._sub(y)
+        inside = torch.einsum("...mts,...msk,...mtsk->...mtk", self._diagonal(blocks), ys, self.diag_decay)
+        across = (torch.einsum("...ijts,...jsk->...ijtk", blocks, ys * self.shrink) * self.grow).sum(-3)
+        return (inside + across).flatten(-3, -2)
 
-    def to_columns(self, d_scores: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """sum_t d_ts x_tk e^{b_tk - b_sk} (d masked causal)."""
-        if self.factorised:
-            return self.shrink * (d_scores.masked_fill(~self.mask, 0.0).transpose(-1, -2) @ (x * self.grow))
-        return torch.einsum("bhnts,bhntk,bhntsk->bhnsk", d_scores, x, self.decay)
+    def to_columns(self, d: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """sum_{t>=s} d_ts x_tk e^{b_tk - b_sk}."""
+        blocks, xs = self._blocks(d), self._sub(x)
+        inside = torch.einsum("...mts,...mtk,...mtsk->...msk", self._diagonal(blocks), xs, self.diag_decay)
+        across = self.shrink * torch.einsum("...ijts,...ijtk->...jsk", blocks, xs.unsqueeze(-3) * self.grow)
+        return (inside + across).flatten(-3, -2)
 
 
 def _incoming_states(k_to_end: torch.Tensor, v: torch.Tensor, chunk_decay: torch.Tensor) -> torch.Tensor:
