@@ -118,10 +118,15 @@ class TrainConfig:
 
 @dataclass
 class CheckpointConfig:
-    every_steps: int = 5000
+    every_steps: int = 5000        # 0: no periodic checkpoints
     keep_last: int = 2             # most recent checkpoints kept
     keep_every: int = 50_000       # also keep every checkpoint at a multiple of this step (0: none)
+    final: bool = True             # checkpoint when max_steps is reached
     resume: str = "auto"           # auto (latest in the run dir, if any) | never | path to a checkpoint
+
+    def check(self) -> None:
+        _require(self.every_steps >= 0, "checkpoint.every_steps", self.every_steps, ">= 0 (0: never)")
+        _require(self.keep_last >= 1, "checkpoint.keep_last", self.keep_last, ">= 1")
 
 
 @dataclass
@@ -130,6 +135,9 @@ class LoggingConfig:
     wandb: Literal["disabled", "offline", "online"] = "disabled"
     wandb_project: str = "dig-scale"
     wandb_entity: str | None = None
+
+    def check(self) -> None:
+        _require(self.every_steps > 0, "logging.every_steps", self.every_steps, "a positive integer")
 
 
 @dataclass

@@ -13,9 +13,12 @@ from dig_scale.data import DatasetMetadata
 from dig_scale.diffusion import create_diffusion, ddpm_sample
 
 
-def to_uint8_grid(images: torch.Tensor, columns: int) -> Image.Image:
-    """(N, C, H, W) in [-1, 1], C in {1, 3} -> one RGB image, `columns` wide."""
-    images = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+def to_uint8_grid(images: torch.Tensor, columns: int, min_cell: int = 64) -> Image.Image:
+    """(N, C, H, W) in [-1, 1], C in {1, 3} -> one RGB image, `columns` wide; images smaller than
+    `min_cell` pixels are enlarged by an integer factor (nearest) so they can be seen."""
+    factor = max(1, min_cell // images.shape[-1])
+    images = images.float().repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
+    images = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
     if images.shape[1] == 1:
         images = images.expand(-1, 3, -1, -1)
     n, c, h, w = images.shape

@@ -190,7 +190,9 @@ class Trainer:
                 path = self.samples.write(self.ema.module, self.run_dir.samples / f"step-{self.step:07d}.png")
                 self.logger.log_image("samples", path, self.step)
             preempted = self.preemption.any_rank_signalled(self.device)
-            if preempted or self.step % cfg.checkpoint.every_steps == 0 or self.step == cfg.train.max_steps:
+            every = cfg.checkpoint.every_steps
+            if preempted or (every and self.step % every == 0) or (
+                    cfg.checkpoint.final and self.step == cfg.train.max_steps):
                 self.save()
             if preempted:
                 self.logger.info(f"preempted at step {self.step}: exiting with {REQUEUE_EXIT_CODE} to be requeued")
