@@ -167,3 +167,16 @@ def make_many_images(root: Path, count: int, classes: int = 3, size: tuple[int, 
         Image.fromarray(_smooth_picture(rng, *size)).save(root / relpath, quality=90)
         images.append(GoodImage(i % classes, relpath))
     return images
+
+
+# float16 storage of O(1) values, plus batched-vs-single convolution differences
+POSTERIOR_ATOL = 3e-3
+
+
+def encode_inputs(root: Path) -> dict:
+    """An ImageFolder with good and bad inputs, a tiny VAE, and the reference posteriors of the
+    good images (a direct VAE call on the PIL-preprocessed image)."""
+    good, bad = make_image_folder(root / "images")
+    vae = make_tiny_vae(root / "vae")
+    mean, std = reference_posteriors(vae, [reference_preprocess(root / "images" / g.relpath) for g in good])
+    return {"root": root, "folder": root / "images", "vae": vae, "good": good, "bad": bad, "mean": mean, "std": std}

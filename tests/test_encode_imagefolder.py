@@ -8,27 +8,22 @@ import pytest
 import torch
 from data_fixtures import (
     CLASSES,
+    POSTERIOR_ATOL,
     RESOLUTION,
-    make_image_folder,
-    make_tiny_vae,
+    encode_inputs,
     read_raw_samples,
-    reference_posteriors,
     reference_preprocess,
 )
 
 from data_prep.encode import main
 from dig_scale.data import read_metadata
 
-ATOL = 3e-3  # float16 storage of O(1) values, plus batched-vs-single convolution differences
+ATOL = POSTERIOR_ATOL
 
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("inputs")
-    good, bad = make_image_folder(root / "images")
-    vae = make_tiny_vae(root / "vae")
-    mean, std = reference_posteriors(vae, [reference_preprocess(root / "images" / g.relpath) for g in good])
-    return {"root": root, "folder": root / "images", "vae": vae, "good": good, "bad": bad, "mean": mean, "std": std}
+    return encode_inputs(tmp_path_factory.mktemp("inputs"))
 
 
 def encode(inputs, output, *extra: str) -> int:

@@ -5,29 +5,23 @@ import numpy as np
 import pytest
 import torch
 from data_fixtures import (
+    POSTERIOR_ATOL,
     RESOLUTION,
-    make_image_folder,
+    encode_inputs,
     make_tars,
-    make_tiny_vae,
     read_raw_samples,
-    reference_posteriors,
-    reference_preprocess,
     tar_key,
 )
 
 from data_prep.encode import main
 from dig_scale.data import read_metadata
 
-ATOL = 3e-3
+ATOL = POSTERIOR_ATOL
 
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("wds")
-    good, bad = make_image_folder(root / "images")
-    vae = make_tiny_vae(root / "vae")
-    mean, std = reference_posteriors(vae, [reference_preprocess(root / "images" / g.relpath) for g in good])
-    return {"root": root, "folder": root / "images", "vae": vae, "good": good, "bad": bad, "mean": mean, "std": std}
+    return encode_inputs(tmp_path_factory.mktemp("wds"))
 
 
 def encode(inputs, pattern: str, output, *extra: str) -> int:
