@@ -73,7 +73,9 @@ class DiffusionConfig:
 class DataConfig:
     path: str = ""                 # MDS dataset from data_prep/encode.py: local dir or object-store URI;
                                    # "demo:digits" = the built-in digits set, written on first use
-    cache_dir: str | None = None   # local cache for remote datasets (default: a temp dir per run)
+    cache_dir: str | None = None   # local cache for remote datasets (default: one per dataset under the
+                                   # temp dir); set it for read-only or shared local datasets too:
+                                   # streaming decompresses shards next to where it reads them
     num_workers: int = 4
     shuffle: bool = True
     random_flip: bool = True       # train on the stored horizontal flip half of the time
