@@ -168,7 +168,8 @@ def main() -> None:
     p.add_argument("--resolutions", type=int, nargs="+", help="default 256 512 (smoke: 32 64)")
     p.add_argument("--batch-size", type=int, default=32, help="images per encoder call (the pipeline's default)")
     p.add_argument("--num-workers", type=int, help="decoding workers (default: the pipeline's default)")
-    p.add_argument("--seconds", type=float, default=12.0, help="target length of each timed pipeline run")
+    p.add_argument("--seconds", type=float, default=50.0,
+                   help="target length of each timed pipeline run (shorter runs are dominated by start-up and flush)")
     p.add_argument("--smoke", action="store_true", help="CPU-sized run with a tiny VAE, to check the script")
     args = p.parse_args()
     check_packages()
