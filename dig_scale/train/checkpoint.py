@@ -119,10 +119,10 @@ def universal_checkpoint(checkpoint: Path, place: ProcessPlace) -> Path:
     return target
 
 
-def load_checkpoint(engine, checkpoint: Path, place: ProcessPlace, state: dict[str, Any]) -> dict[str, Any]:
-    """Restore ZeRO state into `engine` and this rank's RNG states; `state` is the checkpoint's
-    trainer state (read first, because a world-size change must configure the engine for a
-    universal checkpoint before it is built). Returns `state`."""
+def load_checkpoint(engine, checkpoint: Path, place: ProcessPlace, state: dict[str, Any]) -> None:
+    """Restore ZeRO state into `engine` and this rank's RNG states. `state` is the checkpoint's
+    trainer state, read by the caller first: a world-size change must configure the engine for
+    a universal checkpoint before it is built."""
     zero_dir = universal_checkpoint(checkpoint, place) if state["world_size"] != place.world_size else checkpoint
     load_path, _ = engine.load_checkpoint(str(zero_dir.parent), tag=zero_dir.name)
     if load_path is None:
@@ -130,4 +130,3 @@ def load_checkpoint(engine, checkpoint: Path, place: ProcessPlace, state: dict[s
     rng = checkpoint / "rng" / f"rank{place.rank}.pt"
     if rng.is_file():  # a rank that did not exist when the checkpoint was written starts from its seed
         _restore_rng_states(torch.load(rng, map_location="cpu", weights_only=False))
-    return state

@@ -82,10 +82,10 @@ class Trainer:
         self.loader, self.metadata = build_loader(cfg, self.place, self.device)
         self.step, self.skipped, self.consecutive_skips = 0, 0, 0
         if resume:
-            state = load_checkpoint(self.engine, resume, self.place, resume_state)
-            self.ema.load_state_dict(state["ema"])
-            self.loader.load_state_dict(state["loader"])
-            self.step, self.skipped = state["step"], state.get("skipped_steps", 0)
+            load_checkpoint(self.engine, resume, self.place, resume_state)
+            self.ema.load_state_dict(resume_state["ema"])
+            self.loader.load_state_dict(resume_state["loader"])
+            self.step, self.skipped = resume_state["step"], resume_state.get("skipped_steps", 0)
         else:
             self.ema.update(self.engine.module, decay=0.0)  # start the average at the initial weights
 
