@@ -29,23 +29,32 @@ def inputs(grid, seed=1):
     return x, torch.tensor([3.0, 871.0], dtype=torch.float64), torch.tensor([1, 4])
 
 
+def assert_same(actual, expected, scale=1.0, msg=None):
+    """Equal up to float64 rounding at `scale`, the largest magnitude of the quantity compared.
+    Randomised weights (std 0.3) push gradients to ~1e3, and what reaches one small tensor has
+    passed through those: summation order alone moves it by ~1e-9 absolute (1e-12 of the scale);
+    an orientation or pairing bug moves it by O(1)."""
+    torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-11 * max(scale, 1.0), msg=msg)
+
+
 def check_same_function(depth, grid, skip):
     ref, ours = build_pair(depth, grid, skip)
     x, t, y = inputs(grid)
     x_ref, x_ours = x.clone().requires_grad_(), x.clone().requires_grad_()
     out_ref, out_ours = ref(x_ref, t, y), ours(x_ours, t, y)
     assert out_ref.abs().mean() > 1e-3  # a real signal, not a zero-initialised path
-    torch.testing.assert_close(out_ours, out_ref, rtol=1e-9, atol=1e-9)
+    assert_same(out_ours, out_ref)
 
     weight = torch.randn_like(out_ref)
     (out_ref * weight).sum().backward()
     (out_ours * weight).sum().backward()
-    torch.testing.assert_close(x_ours.grad, x_ref.grad, rtol=1e-9, atol=1e-9)
+    assert_same(x_ours.grad, x_ref.grad)
     ref_grads = {k: p.grad for k, p in ref.named_parameters() if p.grad is not None}
     expected = convert_reference_state_dict(ours, ref_grads)  # renames + conv re-orientation
+    scale = max(g.abs().max().item() for g in expected.values())
     for name, p in ours.named_parameters():
         if name in expected:
-            torch.testing.assert_close(p.grad, expected[name], rtol=1e-9, atol=1e-9, msg=name)
+            assert_same(p.grad, expected[name], scale, msg=name)
 
 
 @pytest.mark.parametrize("depth", range(1, 9))
