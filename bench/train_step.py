@@ -50,6 +50,7 @@ SIZES = {"XL": {256: 32, 512: 16, 1024: 4, 2048: 1}, "S": {256: 64, 512: 32, 102
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SMOKE: dict = {}  # --smoke: constructor overrides that make every model tiny
 RESULTS: Path | None = None
+BREAKDOWN = False  # --breakdown: top kernels and host ops of every bare step
 MAX_RES_CHECKED = 4096  # a DiT step at 4096 px already takes seconds (attention is quadratic)
 
 
@@ -175,6 +176,23 @@ def profile_kernels(step, steps: int = 2) -> dict:
     return {"kernels_per_step": len(kernels) / steps, "gpu_busy": busy / wall_us}
 
 
+def top_ops(step, count: int = 15) -> dict:
+    """Where one step's time goes: the kernels with the most device time, and the host-side ops
+    with the most self time (a host-bound step shows up in the second list)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    sync()
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+        step()
+        sync()
+    table = prof.key_averages()
+    device = sorted((e for e in table if e.device_time_total > 0), key=lambda e: -e.device_time_total)
+    host = sorted(table, key=lambda e: -e.self_cpu_time_total)
+    return {"device_ms": sum(e.self_device_time_total for e in table) / 1e3,
+            "top_kernels": [(e.key[:90], round(e.device_time_total / 1e3, 3), e.count) for e in device[:count]],
+            "top_host": [(e.key[:90], round(e.self_cpu_time_total / 1e3, 3), e.count) for e in host[:count]]}
+
+
 def bench_bare(size: str, res: int, batch: int, contender: str, peak: float, kernels: bool) -> None:
     torch.manual_seed(0)
     entry = {"section": "bare", "model": size, "res": res, "batch": batch, "contender": contender}
@@ -208,6 +226,8 @@ def bench_bare(size: str, res: int, batch: int, contender: str, peak: float, ker
                      peak_gb=torch.cuda.max_memory_allocated() / 1e9 if DEVICE == "cuda" else None)
         if kernels:
             entry.update(profile_kernels(step))
+        if BREAKDOWN:
+            entry["breakdown"] = top_ops(step)
     except Exception as e:  # one failed contender must not cost the rest of the run
         entry["error"] = f"{type(e).__name__}: {str(e)[:300]}"
     record(entry)
@@ -381,7 +401,7 @@ def profile_trainer_child(config: str, overrides: list[str], steps: int) -> None
 
 
 def main() -> int:
-    global RESULTS
+    global RESULTS, BREAKDOWN
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="results.jsonl and the trainer logs")
     parser.add_argument("--scratch", type=Path, help="synthetic data and run directories (default: a temp dir)")
@@ -391,6 +411,7 @@ def main() -> int:
     parser.add_argument("--contenders", default="dig-eager,dig-compiled,dit-eager,dit-compiled,ref-eager")
     parser.add_argument("--trainer-steps", type=int, default=60)
     parser.add_argument("--smoke", action="store_true", help="CPU check of the script with tiny models")
+    parser.add_argument("--breakdown", action="store_true", help="bare section: top kernels and host ops per step")
     parser.add_argument("--gpus", type=int, default=1, help="trainer section: GPUs for dig_xl2_compiled_<N>gpu")
     parser.add_argument("--trainer-runs", default="loader,dig_xl2_compiled,dig_xl2_eager,dit_xl2_compiled,profile",
                         help="trainer section: which runs (names in main(); 'loader', 'profile')")
@@ -400,6 +421,7 @@ def main() -> int:
     RESULTS = args.out / "results.jsonl"
     if args.smoke:
         SMOKE.update(depth=2, hidden_size=64, num_heads=2)
+    BREAKDOWN = args.breakdown
     if args.profile_child:
         config, steps, *overrides = args.profile_child
         profile_trainer_child(config, overrides, int(steps))
