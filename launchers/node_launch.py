@@ -153,10 +153,9 @@ def default_nproc() -> int:
     return torch.cuda.device_count() or 2
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+def run_node(args: argparse.Namespace, program: list[str]) -> int:
+    """Run `program` as this node's ranks until done (restarting after a preemption when asked)."""
     nproc = args.nproc_per_node or default_nproc()
-    program = [sys.executable, *TRAINER, *args.trainer_args]
     base = dict(os.environ)
     base.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     ranks = NodeRanks()
@@ -173,6 +172,11 @@ def main(argv: list[str] | None = None) -> int:
             return code
         print("node_launch: trainers exited 75 (preempted): starting them again from the latest checkpoint",
               file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    return run_node(args, [sys.executable, *TRAINER, *args.trainer_args])
 
 
 if __name__ == "__main__":

@@ -55,10 +55,11 @@ def job_env(work: Path) -> dict[str, str]:
     return {**os.environ, "PATH": path, "DIG_SCALE_DATA": str(work / "data"), "WANDB_MODE": "offline"}
 
 
-def tiny_config(work: Path, run_name: str, **sections) -> Path:
-    return write_config(work / run_name, run_name=run_name,
-                        train={"global_batch_size": 32, "micro_batch_size": 8, "max_steps": STEPS},
-                        checkpoint={"every_steps": 0}, **sections)
+def tiny_config(work: Path, run_name: str, train: dict | None = None, **sections) -> Path:
+    """engine_runs.TINY with micro-batch 8 (slurm_dig_xl.sh sets it) x 4 ranks, checkpoints only
+    when preempted and at the end."""
+    train = {"global_batch_size": 32, "micro_batch_size": 8, "max_steps": STEPS, **(train or {})}
+    return write_config(work / run_name, run_name=run_name, train=train, checkpoint={"every_steps": 0}, **sections)
 
 
 def submit(cluster: SlurmCluster, work: Path, script: str, allocation: list[str], *args: str) -> str:
@@ -129,8 +130,8 @@ def test_preempted_job_checkpoints_requeues_and_resumes(cluster, work, uninterru
 
 
 def test_failed_trainer_is_not_requeued(cluster, work):
-    # Only the trainer can know this one: 24 = micro-batch 8 x world size 2 x an integer? No.
-    config = tiny_config(work, "bad_batch", train={"global_batch_size": 24, "micro_batch_size": 8, "max_steps": 2})
+    # Only the trainer, knowing the world size, can find this one: 24 is not 8 x 2 ranks x an integer.
+    config = tiny_config(work, "bad_batch", train={"global_batch_size": 24, "max_steps": 2})
     one_node = ["--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=2", "--cpus-per-task=1"]
     info, log = finished(cluster, submit(cluster, work, "slurm_dig_s.sh", one_node, str(config)))
     assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("FAILED", "2:0", "0"), log
