@@ -137,7 +137,7 @@ def test_local_sh_resumes_after_sigusr1(tmp_path):
         node.kill()
     assert node.returncode == 0, stderr[-3000:]
     assert "starting them again from the latest checkpoint" in stderr
-    resumed = [line for line in stdout.splitlines() if "resumed from" in line]
-    assert len(resumed) == 1 and 2 <= int(resumed[0].rsplit(" ", 1)[1]) < steps, stdout
+    resumed = [line for line in (stdout + stderr).splitlines() if "resumed from" in line]
+    assert len(resumed) == 1 and 2 <= int(resumed[0].rsplit(" ", 1)[1]) < steps, stderr[-3000:]
     logged = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
     assert logged == list(range(1, steps + 1))  # every step once: nothing repeated after the restart

@@ -26,6 +26,7 @@ STEPS = 24
 JOB_TIMEOUT = 600
 # 2 nodes x 2 tasks; the allocation the tests ask for instead of the scripts' 8-GPU nodes.
 TWO_NODES = ["--nodes=2", "--ntasks-per-node=2", "--gpus-per-node=2", "--cpus-per-task=1", "--mem=0"]
+ONE_NODE = ["--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=2", "--cpus-per-task=1"]
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +63,9 @@ def tiny_config(work: Path, run_name: str, train: dict | None = None, **sections
     return write_config(work / run_name, run_name=run_name, train=train, checkpoint={"every_steps": 0}, **sections)
 
 
-def submit(cluster: SlurmCluster, work: Path, script: str, allocation: list[str], *args: str) -> str:
+def submit(cluster: SlurmCluster, work: Path, script: str, allocation: list[str], *args: str, **env: str) -> str:
     return cluster.sbatch([*allocation, f"--output={work}/logs/%x-%j.log", f"launchers/{script}", *args],
-                          cwd=ROOT, env=job_env(work))
+                          cwd=ROOT, env={**job_env(work), **env})
 
 
 def logged_steps(run: Path) -> list[tuple[int, float]]:
@@ -73,6 +74,15 @@ def logged_steps(run: Path) -> list[tuple[int, float]]:
     if not path.is_file():
         return []
     return [(m["step"], m["loss"]) for m in map(json.loads, path.read_text().splitlines())]
+
+
+def wait_for_step(cluster: SlurmCluster, job: str, run: Path, step: int) -> None:
+    """Poll metrics.jsonl (no fixed sleep) until the job has logged `step` steps."""
+    deadline = time.monotonic() + JOB_TIMEOUT
+    while len(logged_steps(run)) < step:
+        assert time.monotonic() < deadline and cluster.job(job)["JobState"] in ("PENDING", "RUNNING"), \
+            f"job {job} never got to step {step}: {cluster.job(job)}"
+        time.sleep(0.2)
 
 
 def finished(cluster: SlurmCluster, job: str) -> tuple[dict[str, str], str]:
@@ -103,11 +113,7 @@ def test_preempted_job_checkpoints_requeues_and_resumes(cluster, work, uninterru
     config = tiny_config(work, "preempted", logging={"every_steps": 1, "wandb": "offline"})
     run = config.parent / "runs" / "preempted"
     job = submit(cluster, work, "slurm_dig_xl.sh", TWO_NODES, str(config))
-    deadline = time.monotonic() + JOB_TIMEOUT
-    while len(logged_steps(run)) < 3:  # signal once training is under way, well before the end
-        assert time.monotonic() < deadline and cluster.job(job)["JobState"] in ("PENDING", "RUNNING"), \
-            f"job {job} never got to step 3: {cluster.job(job)}"
-        time.sleep(0.2)
+    wait_for_step(cluster, job, run, 3)  # training under way, well before the end
     cluster.signal_tasks(job, signal.SIGUSR1)
     info, log = finished(cluster, job)
 
@@ -132,14 +138,25 @@ def test_preempted_job_checkpoints_requeues_and_resumes(cluster, work, uninterru
 def test_failed_trainer_is_not_requeued(cluster, work):
     # Only the trainer, knowing the world size, can find this one: 24 is not 8 x 2 ranks x an integer.
     config = tiny_config(work, "bad_batch", train={"global_batch_size": 24, "max_steps": 2})
-    one_node = ["--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=2", "--cpus-per-task=1"]
-    info, log = finished(cluster, submit(cluster, work, "slurm_dig_s.sh", one_node, str(config)))
+    info, log = finished(cluster, submit(cluster, work, "slurm_dig_s.sh", ONE_NODE, str(config)))
     assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("FAILED", "2:0", "0"), log
     assert "config error: train.global_batch_size=24 is not a multiple of train.micro_batch_size=8 x world size 2" \
         in log, log
     assert "the trainer failed with exit code 2: not requeueing" in log, log
 
     # A config that does not even load fails before any task starts.
-    info, log = finished(cluster, submit(cluster, work, "slurm_dig_s.sh", one_node, str(config), "optim.lrr=1"))
+    info, log = finished(cluster, submit(cluster, work, "slurm_dig_s.sh", ONE_NODE, str(config), "optim.lrr=1"))
     assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("FAILED", "2:0", "0"), log
     assert "optim.lrr: unknown key (did you mean 'optim.lr'?)" in log, log
+
+
+def test_restarts_are_capped(cluster, work):
+    config = tiny_config(work, "capped", train={"global_batch_size": 16, "max_steps": 10_000})
+    run = config.parent / "runs" / "capped"
+    job = submit(cluster, work, "slurm_dig_s.sh", ONE_NODE, str(config), DIG_MAX_RESTARTS="0")
+    wait_for_step(cluster, job, run, 1)
+    cluster.signal_tasks(job, signal.SIGUSR1)
+    info, log = finished(cluster, job)
+    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("FAILED", "75:0", "0"), log
+    assert "(DIG_MAX_RESTARTS=0): not requeueing" in log, log
+    assert (run / "checkpoints" / "latest").is_file()  # resubmitting continues from there
