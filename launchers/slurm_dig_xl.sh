@@ -4,10 +4,10 @@
 #   sbatch launchers/slurm_dig_xl.sh                                       # this file's defaults
 #   sbatch --nodes 16 launchers/slurm_dig_xl.sh configs/dig_xl2_in1k256.yaml train.micro_batch_size=2
 #
-# Submit from the repository root with the environment that has dig_scale
-# installed activated: sbatch passes it on. Arguments: CONFIG (default configs/dig_xl2_in1k256.yaml)
-# and key.path=value overrides, given to `python -m dig_scale.train` on every rank. The log is
-# %x-%j.log in the submit directory, linked from runs/<run_name>/.
+# Submit from the repository root, with the environment that has dig_scale installed activated
+# (sbatch passes it on). Arguments: CONFIG (default configs/dig_xl2_in1k256.yaml) and key.path=value
+# overrides, given to `python -m dig_scale.train` on every rank. The log is %x-%j.log in the submit
+# directory, linked from runs/<run_name>/. Shared logic: slurm_common.sh.
 #
 # Batch size: global 256 = micro-batch x GPUs x accumulation. Micro-batch 8 (set below) fits 1, 2 or
 # 4 nodes of 8 GPUs (accumulation 4, 2, 1); for 8 nodes pass train.micro_batch_size=4, for 16 nodes 2.

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(unavailable_reason() is not None, reason=str(una
 STEPS = 24
 JOB_TIMEOUT = 600
 # 2 nodes x 2 tasks; the allocation the tests ask for instead of the scripts' 8-GPU nodes.
-TWO_NODES = ["--nodes=2", "--ntasks-per-node=2", "--gpus-per-node=2", "--cpus-per-task=1", "--mem=0"]
+TWO_NODES = ["--nodes=2", "--ntasks-per-node=2", "--gpus-per-node=2", "--cpus-per-task=1"]
 ONE_NODE = ["--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=2", "--cpus-per-task=1"]
 
 
@@ -45,13 +45,14 @@ def work(cluster) -> Path:
 
     work = cluster.root.parent / "work"
     (work / "logs").mkdir(parents=True)
-    os.environ["DIG_SCALE_DATA"] = str(work / "data")  # written once here, not by two "nodes" at once
-    ensure_demo_dataset(default_demo_path(8), resolution=8)
+    with pytest.MonkeyPatch.context() as env:  # written once here, not by two "nodes" at once
+        env.setenv("DIG_SCALE_DATA", str(work / "data"))
+        ensure_demo_dataset(default_demo_path(8), resolution=8)
     return work
 
 
 def job_env(work: Path) -> dict[str, str]:
-    """What a user's shell would pass to sbatch: the virtualenv's python on PATH, wandb offline."""
+    """What a user's shell would pass to sbatch: the virtualenv's python on PATH, wandb never online."""
     path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
     return {**os.environ, "PATH": path, "DIG_SCALE_DATA": str(work / "data"), "WANDB_MODE": "offline"}
 
@@ -110,7 +111,7 @@ def test_two_nodes_train_to_the_end(uninterrupted):
 
 
 def test_preempted_job_checkpoints_requeues_and_resumes(cluster, work, uninterrupted):
-    config = tiny_config(work, "preempted", logging={"every_steps": 1, "wandb": "offline"})
+    config = tiny_config(work, "preempted", logging={"wandb": "offline"})
     run = config.parent / "runs" / "preempted"
     job = submit(cluster, work, "slurm_dig_xl.sh", TWO_NODES, str(config))
     wait_for_step(cluster, job, run, 3)  # training under way, well before the end
