@@ -9,6 +9,9 @@
 # overrides, given to `python -m dig_scale.train` on every rank. The log is %x-%j.log in the submit
 # directory, linked from runs/<run_name>/. Shared logic: slurm_common.sh.
 #
+# Data on a shared filesystem (the default data.path is a directory): add data.cache_dir=<node-local
+# dir>, or the nodes decompress the same shards in place at once (README, "Running on a cluster").
+#
 # Batch size: global 256 = micro-batch x GPUs x accumulation. Micro-batch 8 (set below) fits 1, 2 or
 # 4 nodes of 8 GPUs (accumulation 4, 2, 1); for 8 nodes pass train.micro_batch_size=4, for 16 nodes 2.
 #

@@ -110,7 +110,8 @@ def test_every_rank_gets_its_place_and_rank_zeros_address(manifests):
         assert command[:2] == ["python", "launchers/node_launch.py"]
         args = node_launch.parse_args(command[2:])
         assert args.trainer_args == [CONFIG, "data.path=s3://bucket/in1k-256",
-                                     f"train.micro_batch_size={256 // (8 * nodes)}", "output_dir=/data/runs"]
+                                     f"train.micro_batch_size={256 // (8 * nodes)}", "output_dir=/data/runs",
+                                     "data.cache_dir=/cache"]
         assert args.master_port in [p["port"] for p in service["spec"]["ports"]]
         for local_rank in range(args.nproc_per_node):
             env = node_launch.rank_environment(args.node_rank, local_rank, args.nnodes, args.nproc_per_node,
@@ -144,7 +145,7 @@ def test_preemption_restarts_and_other_failures_fail_the_job(manifests):
         assert action(exit_code=code) == "FailJob"
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["data"]["persistentVolumeClaim"]["claimName"] == "dig-scale"
-    assert volumes["dshm"]["emptyDir"]["medium"] == "Memory"
+    assert volumes["dshm"]["emptyDir"]["medium"] == "Memory" and volumes["cache"]["emptyDir"] == {}
     assert pod["containers"][0]["envFrom"] == [{"secretRef": {"name": "wandb"}}]
 
 

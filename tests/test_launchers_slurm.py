@@ -59,9 +59,12 @@ def job_env(work: Path) -> dict[str, str]:
 
 def tiny_config(work: Path, run_name: str, train: dict | None = None, **sections) -> Path:
     """engine_runs.TINY with micro-batch 8 (slurm_dig_xl.sh sets it) x 4 ranks, checkpoints only
-    when preempted and at the end."""
+    when preempted and at the end. The dataset directory is shared by both nodes, so each node reads
+    it through a node-local cache (its own /dev/shm here), as data.cache_dir asks for: in place, both
+    would decompress the same shards at once."""
     train = {"global_batch_size": 32, "micro_batch_size": 8, "max_steps": STEPS, **(train or {})}
-    return write_config(work / run_name, run_name=run_name, train=train, checkpoint={"every_steps": 0}, **sections)
+    return write_config(work / run_name, run_name=run_name, train=train, checkpoint={"every_steps": 0},
+                        data={"cache_dir": "/dev/shm/dig-scale-cache"}, **sections)
 
 
 def submit(cluster: SlurmCluster, work: Path, script: str, allocation: list[str], *args: str, **env: str) -> str:

@@ -7,7 +7,8 @@
 One pod per node (Job index = node rank) requests all its GPUs and runs launchers/node_launch.py, which
 starts one `python -m dig_scale.train CONFIG [overrides]` per GPU; rank 0's pod is found through the
 Service's DNS name. A PersistentVolumeClaim (made beforehand, ReadWriteMany) is mounted at /data for
-the data and the run directory (output_dir=/data/runs unless an override sets it). Exit 75 (the
+the data and the run directory (output_dir=/data/runs), and an emptyDir at /cache holds the node's
+copy of the shards it reads (data.cache_dir=/cache), unless overrides set them. Exit 75 (the
 trainers checkpointed after SIGTERM or a peer's preemption) replaces the pod and resumes from
 `latest`; an eviction or node drain does too; any other failure, a config error included, fails the
 Job. The image must hold this repository at --workdir with dig_scale installed.
@@ -23,6 +24,7 @@ from typing import Any
 import yaml
 
 DATA_MOUNT = "/data"
+CACHE_MOUNT = "/cache"
 REQUEUE_EXIT_CODE = 75  # dig_scale.train.preemption.REQUEUE_EXIT_CODE
 NODE_RANK_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -34,9 +36,12 @@ def job_name_for(run_name: str) -> str:
 
 
 def trainer_arguments(config: str, overrides: list[str]) -> list[str]:
-    """CONFIG and overrides as every rank gets them: the run directory goes to the volume."""
-    if not any(o.startswith("output_dir=") for o in overrides):
-        overrides = [*overrides, f"output_dir={DATA_MOUNT}/runs"]
+    """CONFIG and overrides as every rank gets them: the run directory goes to the shared volume,
+    the dataset is read through a cache on the node (every node decompressing the same shards in
+    place on the shared volume would collide), unless the overrides say otherwise."""
+    for key, value in (("output_dir", f"{DATA_MOUNT}/runs"), ("data.cache_dir", CACHE_MOUNT)):
+        if not any(o.startswith(f"{key}=") for o in overrides):
+            overrides = [*overrides, f"{key}={value}"]
     return [config, *overrides]
 
 
@@ -70,7 +75,8 @@ def job(args: argparse.Namespace, name: str, trainer_args: list[str]) -> dict[st
         ],
         "ports": [{"name": "rendezvous", "containerPort": args.port}],
         "resources": {"limits": {"nvidia.com/gpu": str(args.gpus_per_node)}},
-        "volumeMounts": [{"name": "data", "mountPath": DATA_MOUNT}, {"name": "dshm", "mountPath": "/dev/shm"}],
+        "volumeMounts": [{"name": "data", "mountPath": DATA_MOUNT}, {"name": "cache", "mountPath": CACHE_MOUNT},
+                         {"name": "dshm", "mountPath": "/dev/shm"}],
     }
     if args.secret:
         container["envFrom"] = [{"secretRef": {"name": secret}} for secret in args.secret]
@@ -83,6 +89,7 @@ def job(args: argparse.Namespace, name: str, trainer_args: list[str]) -> dict[st
             "terminationGracePeriodSeconds": args.grace_period,
             "containers": [container],
             "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": args.pvc}},
+                        {"name": "cache", "emptyDir": {}},     # the node's disk
                         {"name": "dshm", "emptyDir": shm}],   # data-loader workers share memory through it
         },
     }
