@@ -6,7 +6,7 @@ directory; daemons are stopped by PID.
 
     with SlurmCluster.start(root) as cluster:
         job = cluster.sbatch(["launchers/slurm_dig_xl.sh", ...], cwd=repo, env=env)
-        cluster.wait_until_done(job)
+        info = cluster.wait_until_done(job, timeout=600)
 """
 from __future__ import annotations
 
@@ -80,7 +80,8 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 class SlurmCluster:
     def __init__(self, root: Path):
         self.root = root
-        self.env = {**os.environ, "SLURM_CONF": str(root / "slurm.conf")}
+        self.conf = {"SLURM_CONF": str(root / "slurm.conf")}  # what points every Slurm command at this cluster
+        self.env = {**os.environ, **self.conf}
         self._pid_files = [root / "munge" / "munged.pid", root / "slurmctld.pid",
                            *(root / f"slurmd-{n}.pid" for n in NODES)]
 
@@ -103,7 +104,7 @@ class SlurmCluster:
         key.write_bytes(os.urandom(1024))
         key.chmod(0o400)
         (root / "slurm.conf").write_text(_slurm_conf(root, _free_ports(1 + len(NODES))))
-        for name in NODES:  # stand-in device files: Slurm only counts and indexes them
+        for name in NODES:  # stand-in device files: slurmd logs that they are no devices, and counts them
             for i in range(2):
                 (root / f"{name}-gpu{i}").touch()
         (root / "gres.conf").write_text("".join(f"NodeName={n} Name=gpu File={root}/{n}-gpu[0-1]\n" for n in NODES))
@@ -136,7 +137,7 @@ class SlurmCluster:
 
     def sbatch(self, args: list[str], cwd: Path, env: dict[str, str]) -> str:
         """Submit; returns the job id."""
-        result = subprocess.run(["sbatch", "--parsable", *args], cwd=cwd, env={**env, **self.env},
+        result = subprocess.run(["sbatch", "--parsable", *args], cwd=cwd, env={**env, **self.conf},
                                 capture_output=True, text=True, timeout=60)
         if result.returncode:
             raise RuntimeError(f"sbatch {' '.join(args)} failed: {result.stderr}")

@@ -2,7 +2,8 @@
 """Kubernetes manifests for one dig-scale training run: a headless Service and an Indexed Job.
 
     launchers/k8s/render.py --nodes 4 --gpus-per-node 8 --image REGISTRY/dig-scale:TAG \\
-        --config configs/dig_xl2_in1k256.yaml data.path=s3://bucket/in1k-256 | kubectl apply -f -
+        --config configs/dig_xl2_in1k256.yaml data.path=s3://bucket/in1k-256 train.micro_batch_size=8 \\
+        | kubectl apply -f -
 
 One pod per node (Job index = node rank) requests all its GPUs and runs launchers/node_launch.py, which
 starts one `python -m dig_scale.train CONFIG [overrides]` per GPU; rank 0's pod is found through the
