@@ -2,8 +2,8 @@
 "GPU" slots each, the real launchers/slurm_*.sh submitted with sbatch, a tiny DiG on CPU (gloo).
 
 Needs Debian's slurmctld, slurmd, slurm-client and munge, and root (.ci/run installs them);
-without them the tests skip and say why. About 2-3 minutes on 2 cores.
-"""
+without them the tests skip and say why. Measured on a shared 2-core machine under load: 5 min
+warm, 9 min when the first job also JIT-builds DeepSpeed's shm op (no earlier test did)."""
 from __future__ import annotations
 
 import json
