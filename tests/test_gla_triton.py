@@ -69,11 +69,11 @@ def test_state_scan_across_blocks_of_chunks(reverse):
     gen = torch.Generator().manual_seed(1)
     contributions = torch.randn(BH, N, K, V, generator=gen)
     log_decays = -torch.rand(BH, N, K, generator=gen) * torch.tensor([0.1, 30.0]).repeat(K // 2)
-    states = scan_states(contributions.to(DEVICE), log_decays.to(DEVICE), reverse).cpu()
-    expected, carry = torch.empty_like(contributions), torch.zeros(BH, K, V)
+    states = scan_states(contributions.clone().to(DEVICE), log_decays.to(DEVICE), reverse).cpu()
+    expected, carry = torch.empty_like(contributions, dtype=torch.float64), torch.zeros(BH, K, V, dtype=torch.float64)
     for n in reversed(range(N)) if reverse else range(N):
         expected[:, n] = carry
-        carry = log_decays[:, n, :, None].exp() * carry + contributions[:, n]
+        carry = log_decays[:, n, :, None].double().exp() * carry + contributions[:, n]
     assert rel_err(states, expected) < 1e-6
 
 

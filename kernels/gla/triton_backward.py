@@ -96,16 +96,18 @@ def backward(q, k, v, g, output_gate, norm_weight, states, o_pre, d_out, scale: 
     V = v.shape[-1]
     grid = (triton.cdiv(T, CHUNK), B * H)
     norm = output_gate is not None
-    contributions = q.new_empty(B * H, grid[0], K, V, dtype=torch.float32)
+    d_states = q.new_empty(B * H, grid[0], K, V, dtype=torch.float32)  # first each chunk's D
     log_decays = q.new_empty(B * H, grid[0], K, dtype=torch.float32)
-    d_o = torch.empty_like(d_out) if norm else d_out
+    grads = tuple(torch.empty_like(x) for x in (q, k, v, g))
+    # With the norm, dL/do goes to dv's memory: _grad_kernel reads each chunk's rows of it before
+    # writing dv there (flagged chunks, read by triton_exact, it leaves alone).
+    d_o = grads[2] if norm else d_out
     dz = torch.empty_like(output_gate) if norm else None
     dw_parts = q.new_empty(B * H * grid[0], V, dtype=torch.float32) if norm else None
-    _grad_summary_kernel[grid](q, g, d_out, output_gate, norm_weight, o_pre, d_o, dz, dw_parts, contributions,
+    _grad_summary_kernel[grid](q, g, d_out, output_gate, norm_weight, o_pre, d_o, dz, dw_parts, d_states,
                                log_decays, T, H, *order_args, scale, gate_norm, norm_eps, NORM=norm,
                                **flags(q, v, gate_norm), **GRAD_SUMMARY_LAUNCH)
-    d_states = scan_states(contributions, log_decays, reverse=True)
-    grads = tuple(torch.empty_like(x) for x in (q, k, v, g))
+    scan_states(d_states, log_decays, reverse=True)
     exact_flags = q.new_empty(B * H, grid[0], dtype=torch.int8)
     _grad_kernel[grid](q, k, v, g, d_o, states, d_states, *grads, exact_flags, T, H, *order_args, scale, gate_norm,
                        **flags(q, v, gate_norm), **GRAD_LAUNCH)

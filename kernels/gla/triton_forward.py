@@ -82,11 +82,11 @@ def forward(q, k, v, g, output_gate, norm_weight, scale: float, gate_norm: float
     B, T, H, K = q.shape
     V = v.shape[-1]
     grid = (triton.cdiv(T, CHUNK), B * H)
-    contributions = q.new_empty(B * H, grid[0], K, V, dtype=torch.float32)
+    states = q.new_empty(B * H, grid[0], K, V, dtype=torch.float32)  # first each chunk's Delta
     log_decays = q.new_empty(B * H, grid[0], K, dtype=torch.float32)
-    _summary_kernel[grid](k, v, g, contributions, log_decays, T, H, *order_args, gate_norm,
+    _summary_kernel[grid](k, v, g, states, log_decays, T, H, *order_args, gate_norm,
                           **flags(q, v, gate_norm), **SUMMARY_LAUNCH)
-    states = scan_states(contributions, log_decays, reverse=False)
+    scan_states(states, log_decays, reverse=False)
     norm = output_gate is not None
     out = torch.empty_like(v)
     o_pre = torch.empty_like(v) if save and norm else v.new_empty(0)
