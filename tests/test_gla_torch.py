@@ -102,6 +102,14 @@ def test_shape_errors_are_clear():
         scan_gla(q, k, v, g, ScanOrder.ROW_FORWARD, (1, 12), gate_logit_normalizer=0.0)
 
 
+def test_differentiating_a_forward_that_kept_nothing_says_so():
+    q, k, v, g = (x.requires_grad_() for x in random_gla_inputs(1, 12, 2, 8, 8))
+    out, _, _ = torch.ops.dig_kernels.gla(q, k, v, g, torch.randn_like(v), torch.ones(8, dtype=torch.float64),
+                                          0.3, 0.0, 1e-6, 0, 3, 4, "torch", False)
+    with pytest.raises(RuntimeError, match="save=True"):
+        out.sum().backward()
+
+
 def test_op_compiles_as_one_node_and_passes_opcheck():
     q, k, v, g = (x.float().requires_grad_() for x in random_gla_inputs(1, 20, 2, 8, 8))
     gate, weight = torch.randn_like(v, requires_grad=True), torch.ones(8, requires_grad=True)
