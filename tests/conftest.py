@@ -4,7 +4,7 @@ from pathlib import Path
 
 import torch
 
-# Test helpers (gla_reference.py) import as top-level modules.
+# Test helpers (gla_testing.py, ...) import as top-level modules.
 sys.path.insert(0, str(Path(__file__).parent))
 
 # Without a GPU, Triton kernels run through Triton's interpreter on CPU tensors (tests/test_gla_triton.py).
