@@ -17,6 +17,7 @@ from .op import (
     resolve_backend,
 )
 from .scan_order import ScanOrder, from_scan_order, scan_positions, to_scan_order
+from .torch_chunked import _chunk_length as _torch_chunk_length
 
 try:
     import triton  # noqa: F401
@@ -26,7 +27,7 @@ else:
     from . import triton_op  # noqa: F401  (registers the "triton" backend)
 
 __all__ = [
-    "GLABackend", "ScanOrder", "available_backends", "backend_fuses", "chunk_gla", "from_scan_order",
+    "GLABackend", "ScanOrder", "available_backends", "backend_fuses", "chunk_gla", "chunk_length", "from_scan_order",
     "register_backend", "resolve_backend", "scan_gla", "scan_positions", "to_scan_order",
 ]
 
@@ -80,3 +81,15 @@ def chunk_gla(
 ) -> torch.Tensor:
     """Plain causal GLA over dim 1 (shapes as `scan_gla`)."""
     return scan_gla(q, k, v, g, ScanOrder.ROW_FORWARD, (1, q.shape[1]), scale, backend)
+
+
+def chunk_length(backend: str, T: int) -> int:
+    """The chunk length `backend` (a resolved name) runs a sequence of T tokens with: the side of
+    its intra-chunk score blocks, for FLOP counts."""
+    if backend == "torch":
+        return _torch_chunk_length(T)
+    if backend == "triton":
+        from .triton_common import CHUNK
+
+        return CHUNK
+    raise ValueError(f"unknown GLA backend {backend!r}; available: {available_backends()}")
