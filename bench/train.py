@@ -25,14 +25,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dig_scale.data.schema import (  # noqa: E402
-    MDS_COMPRESSION,
-    METADATA_FILENAME,
-    DatasetMetadata,
-    mds_columns,
-    tool_info,
-    utc_timestamp,
-)
+from dig_scale.data.mds_writer import write_mds_dataset  # noqa: E402
+from dig_scale.data.schema import DatasetMetadata, tool_info, utc_timestamp  # noqa: E402
 
 SHAPE = (4, 32, 32)
 EXTRA: list[str] = []  # --override values
@@ -40,21 +34,17 @@ EXTRA: list[str] = []  # --override values
 
 def write_synthetic_latents(path: Path, num_samples: int, num_classes: int = 1000) -> None:
     """Random posteriors (mean ~ N(0, 1), std ~ U(0.01, 0.1)) in the encode.py schema."""
-    from streaming import MDSWriter
-
     rng = np.random.default_rng(0)
-    with MDSWriter(out=str(path), columns=mds_columns("latent", SHAPE), compression=MDS_COMPRESSION) as writer:
-        for i in range(num_samples):
-            mean = rng.standard_normal((2, *SHAPE)).astype(np.float16)
-            std = rng.uniform(0.01, 0.1, (2, *SHAPE)).astype(np.float16)
-            writer.write({"mean": mean, "std": std, "label": i % num_classes, "key": f"synthetic/{i}"})
+    samples = ({"mean": rng.standard_normal((2, *SHAPE)).astype(np.float16),
+                "std": rng.uniform(0.01, 0.1, (2, *SHAPE)).astype(np.float16), "label": i % num_classes,
+                "key": f"synthetic/{i}"} for i in range(num_samples))
     meta = DatasetMetadata(
         kind="latent", sample_shape=SHAPE, resolution=256, num_samples=num_samples, num_classes=num_classes,
         class_counts=np.bincount(np.arange(num_samples) % num_classes, minlength=num_classes).tolist(),
         class_names=None, vae="synthetic", scaling_factor=0.18215, shift_factor=0.0,
         latent_mean=[0.0] * 4, latent_std=[1.0] * 4, preprocessing={}, source={"type": "synthetic"},
         tool=tool_info("bench/train.py"), created=utc_timestamp())
-    (path / METADATA_FILENAME).write_text(meta.to_json())
+    write_mds_dataset(str(path), meta, samples)
 
 
 def train(out: Path, name: str, config: str, gpus: int, *overrides: str) -> subprocess.CompletedProcess:
