@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 import yaml
 
+from dig_scale.checkpoint import read_ema_state_dict
+
 ROOT = Path(__file__).parent.parent
 HARNESS = Path(__file__).parent / "train_harness.py"
 
@@ -66,9 +68,8 @@ def losses(config: Path) -> dict[int, float]:
 def final_weights(config: Path, step: int) -> tuple[dict, dict]:
     """(model weights, EMA weights) saved in the checkpoint of `step`."""
     path = run_dir(config) / "checkpoints" / f"step-{step:07d}"
-    model = torch.load(path / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
-    ema = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)["ema"]
-    return model, ema
+    model = torch.load(path / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)["module"]
+    return model, read_ema_state_dict(path)
 
 
 def recorded_indices(record: Path) -> dict[int, list[int]]:

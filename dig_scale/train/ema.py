@@ -12,7 +12,8 @@ class EMA:
     ema <- decay * ema + (1 - decay) * live, for every parameter that trains.
 
     Under bf16 training the live weights are the bf16 copies of ZeRO's fp32 masters, so the
-    average is of weights rounded to bf16 (relative error <= 2^-9 per step, averaged out).
+    average is of weights rounded to bf16 (relative error <= 2^-9 per step, averaged out; see
+    ARCHITECTURE.md, "Changes since the original design").
     """
 
     def __init__(self, model: nn.Module, decay: float):

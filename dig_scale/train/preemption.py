@@ -8,7 +8,8 @@ import signal
 import sys
 
 import torch
-import torch.distributed as dist
+
+from .distributed import any_rank
 
 REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL: "temporary failure, try again"
 SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
@@ -31,7 +32,4 @@ class PreemptionHandler:
 
     def any_rank_signalled(self, device: torch.device) -> bool:
         """Collective: true on every rank once any rank got a signal (signals may reach only some)."""
-        flag = torch.tensor([float(self.received is not None)], device=device)
-        if dist.is_initialized():
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+        return any_rank(self.received is not None, device)
