@@ -4,7 +4,8 @@ Follows the reference (hustvl/DiG models_dig.py, configs DiG-*/2-bid-layer-dwcon
 one change of representation: the reference flips the token sequence after every block and
 transposes the token grid after every odd block. Here tokens stay in raster order and layer l
 scans in `layer_scan_order(l)`; its depthwise conv kernel is stored pre-oriented for raster
-order (see reference_weights.py for the conversion). Same function, no copies.
+order (see reference_weights.py for the conversion). Same function, no copies (see
+ARCHITECTURE.md, "Raster-order tokens, per-layer scan order").
 """
 from __future__ import annotations
 
