@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 from checkpoint_fixtures import Payload, rewrite_manifest
-from engine_runs import assert_ok, launch, losses, run_dir, write_config
+from engine_runs import assert_ok, assert_refused, launch, losses, run_dir, write_config
 
 from dig_scale.checkpoint import CheckpointError, checkpoint_tag
 from dig_scale.checkpoint.layout import LATEST, checkpoint_dirs
@@ -48,8 +48,7 @@ def test_payloads_in_every_checkpoint_file_never_run(copied_run, tmp_path):
     marker = tmp_path / "payload-ran"
     for checkpoint in checkpoint_dirs(checkpoints):
         plant(checkpoint, marker)
-    result = launch(config, "train.max_steps=9")
-    assert result.returncode == 2 and "trainer_state.json: not valid JSON" in result.stderr, result.stderr[-3000:]
+    assert_refused(launch(config, "train.max_steps=9"), "trainer_state.json: not valid JSON")
     assert not marker.exists()
 
 
@@ -58,9 +57,7 @@ def test_payloads_in_deepspeed_files_are_refused_before_deepspeed_loads_them(cop
     marker = tmp_path / "payload-ran"
     for checkpoint in checkpoint_dirs(checkpoints):
         plant(checkpoint, marker, only_deepspeed=True)
-    result = launch(config, "train.max_steps=9")
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert f"{checkpoint_tag(6)}/" in result.stderr and "pickles ['builtins.open']: refusing" in result.stderr
+    assert_refused(launch(config, "train.max_steps=9"), f"{checkpoint_tag(6)}/", "pickles ['builtins.open']: refusing")
     assert not marker.exists()
 
 

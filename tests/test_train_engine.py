@@ -14,6 +14,7 @@ from engine_runs import (
     ROOT,
     TINY,
     assert_ok,
+    assert_refused,
     final_weights,
     launch,
     losses,
@@ -102,8 +103,8 @@ def test_sigusr1_checkpoints_at_the_next_step_and_asks_for_requeue_and_a_second_
         time.sleep(0.2)
     # One job per run directory: the same command again is refused while this one runs.
     second = launch(config, nproc=1)
-    assert second.returncode == 2, second.stderr[-3000:]
-    assert f"is in use by another job: pid {process.pid} on " in second.stderr
+    assert second.returncode == 2
+    assert_refused(second, f"is in use by another job: pid {process.pid} on ")
     process.send_signal(signal.SIGUSR1)
     output, _ = process.communicate(timeout=300)
     assert process.returncode == REQUEUE_EXIT_CODE, output
@@ -141,9 +142,9 @@ def test_relaunch_with_a_different_model_is_refused_even_with_the_config_record_
     shutil.copytree(run_dir(reference), run_dir(config))
     result = launch(config, "model.arch.depth=3", nproc=1)
     assert result.returncode == 2
-    assert "model.arch.depth: 2 -> 3" in result.stderr and "config.yaml" in result.stderr
+    assert_refused(result, "model.arch.depth: 2 -> 3", "config.yaml")
     (run_dir(config) / "config.yaml").unlink()  # lost: the checkpoint's config still guards the run
     result = launch(config, "model.arch.depth=3", nproc=1)
     assert result.returncode == 2
-    assert "model.arch.depth: 2 -> 3" in result.stderr and "per its checkpoint" in result.stderr
+    assert_refused(result, "model.arch.depth: 2 -> 3", "per its checkpoint")
     assert not (run_dir(config) / "config.yaml").exists()  # never rewritten from the changed config

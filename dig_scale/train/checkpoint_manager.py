@@ -18,7 +18,7 @@ import errno
 import json
 import shutil
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -69,8 +69,7 @@ def _say(message: str) -> None:
 @dataclass
 class ResumePoint:
     checkpoint: Path
-    state: dict[str, Any]                            # its trainer_state.json
-    notes: list[str] = field(default_factory=list)   # why newer checkpoints were skipped
+    state: dict[str, Any]  # its trainer_state.json
 
 
 class CheckpointManager:
@@ -96,11 +95,11 @@ class CheckpointManager:
                 _say(note)
             if choice.checkpoint is None:
                 return None
-            checkpoint, notes = choice.checkpoint, choice.notes
+            checkpoint = choice.checkpoint
         else:
-            checkpoint, notes = self._explicit(mode), []
+            checkpoint = self._explicit(mode)
             verify_checkpoint(checkpoint)
-        return ResumePoint(checkpoint, read_trainer_state(checkpoint), notes)
+        return ResumePoint(checkpoint, read_trainer_state(checkpoint))
 
     def _explicit(self, mode: str) -> Path:
         candidate = (self.directory / mode if tag_step(mode) is not None else Path(mode)).resolve()
@@ -127,16 +126,10 @@ class CheckpointManager:
     def load(self, resume: ResumePoint) -> None:
         engine, ema, train, loader = self._parts
         state = resume.state
-        if state["world_size"] != self.place.world_size:
-            source = on_main_rank(lambda: convert_to_universal(resume.checkpoint))
-        else:
-            source = resume.checkpoint
-            on_main_rank(lambda: refuse_unsafe_types(resume.checkpoint))
+        source = on_main_rank(lambda: self._deepspeed_source(resume))
         try:
             with only_safe_torch_loads():
                 load_path, _ = engine.load_checkpoint(str(source.parent), tag=source.name)
-        except CheckpointError:
-            raise
         except (RuntimeError, ValueError, KeyError, OSError) as e:
             raise CheckpointError(f"DeepSpeed could not load {source} (written by dig-scale "
                                   f"{state['code_version']}): {e}") from e
@@ -174,6 +167,15 @@ class CheckpointManager:
         return path
 
     # --- rank 0 --------------------------------------------------------------------------------
+    def _deepspeed_source(self, resume: ResumePoint) -> Path:
+        """What DeepSpeed loads: the checkpoint, or its universal form for another world size;
+        its files checked for what they would create before DeepSpeed opens them."""
+        source = resume.checkpoint
+        if resume.state["world_size"] != self.place.world_size:
+            source = convert_to_universal(source)
+        refuse_unsafe_types(source)
+        return source
+
     def _prepare(self, path: Path) -> None:
         """Clear what a failed save of this tag left, and make room for the new checkpoint."""
         if path.exists():
