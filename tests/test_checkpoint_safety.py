@@ -57,7 +57,7 @@ def test_payloads_in_deepspeed_files_are_refused_before_deepspeed_loads_them(cop
     marker = tmp_path / "payload-ran"
     for checkpoint in checkpoint_dirs(checkpoints):
         plant(checkpoint, marker, only_deepspeed=True)
-    assert_refused(launch(config, "train.max_steps=9"), f"{checkpoint_tag(6)}/", "pickles ['builtins.open']: refusing")
+    assert_refused(launch(config, "train.max_steps=9"), f"{checkpoint_tag(6)}/", "pickles ['io.open']: refusing")
     assert not marker.exists()
 
 
