@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from kernels.gla import ScanOrder, scan_gla
+from kernels.gla import ScanOrder, chunk_length, resolve_backend, scan_gla
 
 
 class GatedRMSNorm(nn.Module):
@@ -50,6 +50,15 @@ class GatedLinearAttention(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
         nn.init.ones_(self.out_norm.weight)
+
+    def scan_flops(self, tokens: int) -> int:
+        """Matmul FLOPs of the GLA scan over `tokens` with the backend that runs on this layer's
+        device, whose chunks have C tokens: per token and head, scores and values over its chunk
+        (q k^T and A v on C x C blocks, as the kernels compute them) 2 C (dk + dv), the
+        inter-chunk output q S 2 dk dv and the state update k^T v 2 dk dv."""
+        chunk = chunk_length(resolve_backend(self.backend, self.q_proj.weight.device), tokens)
+        dk, dv = self.head_k_dim, self.head_v_dim
+        return tokens * self.num_heads * (2 * chunk * (dk + dv) + 4 * dk * dv)
 
     def forward(self, x: torch.Tensor, order: ScanOrder, grid: tuple[int, int]) -> torch.Tensor:
         """x: (N, T, D) in raster order over `grid` -> (N, T, D)."""
