@@ -52,18 +52,23 @@ def write_sample_npz(path: Path, parts: Iterable[np.ndarray], num_images: int, l
 
 
 class SampleNpz:
-    """An .npz of images: `arr_0` read in batches, other arrays whole (no pickles)."""
+    """An .npz of images: `arr_0` read in batches, other arrays whole (no pickles). With
+    `images_required=False` it may hold only other arrays (e.g. precomputed statistics)."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, images_required: bool = True):
         self.path = Path(path)
         try:
             self._archive = zipfile.ZipFile(self.path)
         except (FileNotFoundError, zipfile.BadZipFile) as e:
             raise ValueError(f"{self.path}: not a readable .npz ({e})") from None
         self.keys = [name.removesuffix(".npy") for name in self._archive.namelist()]
-        if IMAGES not in self.keys:
-            raise ValueError(f"{self.path}: no '{IMAGES}' array (expected (N, H, W, 3) uint8 images); "
-                             f"it holds {self.keys}")
+        self.has_images = IMAGES in self.keys
+        self.shape: tuple[int, ...] = (0,)
+        if not self.has_images:
+            if images_required:
+                raise ValueError(f"{self.path}: no '{IMAGES}' array (expected (N, H, W, 3) uint8 images); "
+                                 f"it holds {self.keys}")
+            return
         with self._open(IMAGES) as f:
             shape, dtype = _read_header(f, f"{self.path}:{IMAGES}")
         if dtype != np.uint8 or len(shape) != 4 or shape[-1] != 3:
@@ -78,6 +83,8 @@ class SampleNpz:
 
     def batches(self, batch_size: int) -> Iterator[np.ndarray]:
         """`arr_0` in order, `batch_size` images at a time."""
+        if not self.has_images:
+            raise ValueError(f"{self.path}: no '{IMAGES}' images to read")
         image_bytes = int(np.prod(self.shape[1:]))
         with self._open(IMAGES) as f:
             _read_header(f, self.path)
