@@ -49,23 +49,47 @@ def test_deepspeed_section_is_merged_over_the_generated_config():
                                           "bf16": {"enabled": False}}})
     ds = build_deepspeed_config(cfg, world_size=8)
     assert ds["zero_optimization"] == {"stage": 2, "overlap_comm": True, "contiguous_gradients": True,
-                                       "reduce_scatter": True, "reduce_bucket_size": 1e7, "allgather_bucket_size": 5e8}
-    assert ds["bf16"] == {"enabled": False, "check_grad_overflow": True}
-    assert ds["gradient_accumulation_steps"] == 1 and ds["gradient_clipping"] == 1.0
+                                       "reduce_scatter": True, "reduce_bucket_size": 1e7, "allgather_bucket_size": 5e8,
+                                       "compute_grad_norm": False}
+    assert ds["bf16"] == {"enabled": False, "check_grad_overflow": False}
+    # Clipping happens in the trainer's fused update, never twice.
+    assert ds["gradient_accumulation_steps"] == 1 and ds["gradient_clipping"] == 0.0
     assert ds["scheduler"]["params"]["warmup_num_steps"] == 10
+    assert build_deepspeed_config(cfg, world_size=1)["zero_optimization"]["overlap_comm"] is False
     assert deep_merge({"a": {"b": 1}}, {"a": {"c": 2}}) == {"a": {"b": 1, "c": 2}}
 
 
-def test_ema_update_is_the_exponential_average_in_fp32():
-    model = torch.nn.Linear(3, 2).to(torch.bfloat16)
+@pytest.mark.parametrize("section, key", [
+    ({"gradient_clipping": 1.0}, "deepspeed.gradient_clipping"),
+    ({"optimizer": {"type": "Adam"}}, "deepspeed.optimizer"),
+    ({"bf16": {"check_grad_overflow": True}}, "deepspeed.bf16.check_grad_overflow"),
+])
+def test_deepspeed_section_cannot_take_over_what_the_trainer_does(section, key):
+    cfg = config_from_dict({"data": {"path": "/d"}, "deepspeed": section})
+    with pytest.raises(ConfigError, match=f"{key}: not settable here"):
+        build_deepspeed_config(cfg, world_size=1)
+
+
+@pytest.mark.parametrize("flat", [False, True])
+def test_ema_update_is_the_exponential_average_in_fp32(flat):
+    """Separate weights, or views into one flat buffer as DeepSpeed ZeRO keeps them."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 2)).to(torch.bfloat16)
+    model[1].bias.requires_grad_(False)
+    if flat:
+        buffer = torch.cat([p.detach().flatten() for p in model.parameters()])
+        offset = 0
+        for p in model.parameters():
+            p.data = buffer[offset:offset + p.numel()].view_as(p)
+            offset += p.numel()
     ema = EMA(model, decay=0.9)
     start = {k: v.clone() for k, v in ema.module.state_dict().items()}
     with torch.no_grad():
         for p in model.parameters():
             p.add_(1.0)
-    ema.update(model)
+    ema.update()
+    ema.update(applied=torch.tensor(0.0))  # a skipped step leaves the average alone
     for name, p in model.named_parameters():
-        expected = 0.9 * start[name] + 0.1 * p.float()
+        expected = 0.9 * start[name] + 0.1 * p.float() if p.requires_grad else start[name]
         assert ema.module.get_parameter(name).dtype == torch.float32
         torch.testing.assert_close(ema.module.get_parameter(name), expected)
 

@@ -56,7 +56,8 @@ def main() -> int:
             result = original_step(self, micro_batches)
             unchanged = all(torch.equal(a, p) for a, p in zip(before, self.engine.module.parameters()))
             if rank == 0:
-                (args.record / "nan.json").write_text(json.dumps({"applied": result.applied, "unchanged": unchanged}))
+                report = {"applied": bool(result.applied), "unchanged": unchanged}
+                (args.record / "nan.json").write_text(json.dumps(report))
             return result
         return original_step(self, micro_batches)
 

@@ -44,7 +44,9 @@ class SwiGLU(nn.Module):
 
 def depthwise_conv_tokens(x: torch.Tensor, conv: nn.Conv2d, grid: tuple[int, int]) -> torch.Tensor:
     """Depthwise conv over the token grid of (N, T, D) raster-order tokens, via a channels-last
-    view of the same memory: no transposes in or out."""
+    view of the same memory: no transposes in or out. PyTorch's native depthwise kernels take
+    0.14 ms of GPU time for fwd+bwd at DiG-XL/2, 256 px, batch 32 on an H200; cuDNN channels-last
+    and a Triton stencil were no faster (bench/results/train_step_nvidia_h200.md)."""
     N, T, D = x.shape
     image = x.view(N, *grid, D).permute(0, 3, 1, 2)
     out = F.conv2d(image, conv.weight, conv.bias, padding=conv.padding, groups=D)

@@ -6,6 +6,15 @@ from typing import Any
 
 from dig_scale.config import ConfigError, ExperimentConfig
 
+# Settings the trainer owns because it does that work itself (update_guard.py): a user value
+# would either do it twice or turn the slow per-parameter path back on.
+OWNED = {
+    "gradient_clipping": "set optim.grad_clip (the trainer clips inside the fused optimizer step)",
+    "optimizer": "set optim.* (the trainer builds torch's fused AdamW, which skips and clips on the device)",
+    "bf16.check_grad_overflow": "non-finite steps are detected and skipped by the trainer",
+    "zero_optimization.compute_grad_norm": "the trainer computes the gradient norm in one fused pass",
+}
+
 
 def gradient_accumulation_steps(cfg: ExperimentConfig, world_size: int) -> int:
     """global batch = micro batch x accumulation x world size; anything else is a config error."""
@@ -27,27 +36,43 @@ def deep_merge(base: dict, override: dict) -> dict:
     return merged
 
 
+def _check_not_owned(section: dict) -> None:
+    for dotted, instead in OWNED.items():
+        node: Any = section
+        for part in dotted.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None:
+            raise ConfigError(f"deepspeed.{dotted}: not settable here; {instead}")
+
+
 def build_deepspeed_config(cfg: ExperimentConfig, world_size: int) -> dict[str, Any]:
-    """ZeRO-2 with overlapped, contiguous, bucketed gradient reduction; bf16 (non-finite gradient
-    steps are skipped on every rank); gradient clipping; linear warm-up then constant LR.
-    The optimizer itself is built by the trainer (torch AdamW, fused on GPU) unless the
-    `deepspeed:` section names one."""
+    """ZeRO-2 with contiguous, bucketed gradient reduction; bf16; linear warm-up then constant LR.
+
+    Chosen per world size: with one rank there is nothing to overlap, and overlap_comm would add
+    a device sync at the end of every backward pass, so it is on only for several ranks.
+    DeepSpeed's per-parameter overflow check and gradient norm are off: the trainer does both
+    in one fused pass (update_guard.py), and clipping (optim.grad_clip) happens there too."""
+    _check_not_owned(cfg.deepspeed)
     generated: dict[str, Any] = {
         "train_batch_size": cfg.train.global_batch_size,
         "train_micro_batch_size_per_gpu": cfg.train.micro_batch_size,
         "gradient_accumulation_steps": gradient_accumulation_steps(cfg, world_size),
-        "gradient_clipping": cfg.optim.grad_clip,
+        "gradient_clipping": 0.0,
         "zero_optimization": {
             "stage": 2,
-            "overlap_comm": True,
+            "overlap_comm": world_size > 1,
             "contiguous_gradients": True,
             "reduce_scatter": True,
             "reduce_bucket_size": 5e8,
             "allgather_bucket_size": 5e8,
+            "compute_grad_norm": False,
         },
-        "bf16": {"enabled": cfg.train.precision == "bf16", "check_grad_overflow": True},
+        "bf16": {"enabled": cfg.train.precision == "bf16", "check_grad_overflow": False},
         "steps_per_print": 2**62,  # our own logger reports progress
         "wall_clock_breakdown": False,
+        # DeepSpeed's throughput timer synchronizes the device at every forward and step by default:
+        # two host round-trips per step (our logger measures throughput without them).
+        "timers": {"throughput": {"enabled": False}},
     }
     if cfg.optim.warmup_steps > 0:
         generated["scheduler"] = {"type": "WarmupLR", "params": {

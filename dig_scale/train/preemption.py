@@ -15,8 +15,15 @@ SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 
 
 class PreemptionHandler:
+    """Collective to construct (it may create a process group): every rank, at the same point."""
+
     def __init__(self) -> None:
         self.received: int | None = None
+        # The per-step "anyone signalled?" vote goes over a CPU (gloo) group: on NCCL it would be a
+        # device collective read back on the host, i.e. a GPU sync at the end of every step.
+        self._group = None
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            self._group = dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
         for sig in SIGNALS:
             signal.signal(sig, self._handle)
 
@@ -29,9 +36,10 @@ class PreemptionHandler:
         print(f"received {signal.Signals(signum).name}: checkpointing after this step, then exiting "
               f"with {REQUEUE_EXIT_CODE}", file=sys.stderr, flush=True)
 
-    def any_rank_signalled(self, device: torch.device) -> bool:
+    def any_rank_signalled(self) -> bool:
         """Collective: true on every rank once any rank got a signal (signals may reach only some)."""
-        flag = torch.tensor([float(self.received is not None)], device=device)
-        if dist.is_initialized():
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if self._group is None:
+            return self.received is not None
+        flag = torch.tensor([float(self.received is not None)])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
         return bool(flag.item())

@@ -20,6 +20,7 @@ from dig_scale.diffusion import create_diffusion
 from dig_scale.models import model_from_config
 
 from .checkpoint import latest_tag, load_checkpoint, read_trainer_state, save_checkpoint
+from .compile import compile_blocks, use_compile_cache
 from .data_loading import build_loader, forever
 from .deepspeed_config import build_deepspeed_config
 from .distributed import ProcessPlace, detect_place, init_distributed
@@ -29,6 +30,7 @@ from .metrics import MetricsLogger
 from .preemption import REQUEUE_EXIT_CODE, PreemptionHandler
 from .run_dir import RunDirectory
 from .samples import SampleGridWriter
+from .update_guard import UpdateGuard
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -39,9 +41,10 @@ def step_seed(seed: int, step: int, rank: int) -> int:
 
 @dataclass
 class StepResult:
-    loss: torch.Tensor     # mean over this rank's micro-batches, on device
-    grad_norm: float
-    applied: bool          # False when DeepSpeed skipped the update (non-finite gradients)
+    """Device tensors (0-d, fp32): reading them on the host would wait for the GPU."""
+    loss: torch.Tensor       # mean over this rank's micro-batches
+    grad_norm: torch.Tensor  # global, before clipping
+    applied: torch.Tensor    # 1.0, or 0.0 when the update was skipped (non-finite gradients)
 
 
 class Trainer:
@@ -60,34 +63,34 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         model = model_from_config(cfg.model)
-        self.ema = EMA(model, cfg.train.ema_decay)
-        self.ema.module.to(self.device)
         ds_config = build_deepspeed_config(cfg, self.place.world_size)
         if resume_state and resume_state["world_size"] != self.place.world_size:
             ds_config.setdefault("checkpoint", {})["load_universal"] = True
         trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = None
-        if "optimizer" not in ds_config:
-            o = cfg.optim
-            optimizer = torch.optim.AdamW(trainable, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay,
-                                          fused=self.device.type == "cuda")
+        o = cfg.optim
+        optimizer = torch.optim.AdamW(trainable, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay,
+                                      fused=True)
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, model_parameters=trainable,
                                                     config=ds_config)
         if cfg.train.compile:
-            self.engine.compile()
+            use_compile_cache(self.run_dir.root / "compile_cache")
+            compile_blocks(self.engine.module)
+        self.ema = EMA(self.engine.module, cfg.train.ema_decay)  # starts at the initial (bf16) weights
+        self.guard = UpdateGuard(self.engine, cfg.optim.grad_clip, self.place.world_size)
         self.dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
         self.accumulation = ds_config["gradient_accumulation_steps"]
         self.diffusion = create_diffusion(cfg.diffusion.num_timesteps, cfg.model.learn_sigma)
 
         self.loader, self.metadata = build_loader(cfg, self.place, self.device)
-        self.step, self.skipped, self.consecutive_skips = 0, 0, 0
+        self.step, self.skipped = 0, 0
+        # Skips are counted on the device and read at log and save steps (no per-step host sync).
+        self.window_skips = torch.zeros((), device=self.device)
+        self.consecutive_skips = torch.zeros((), device=self.device)
         if resume:
             load_checkpoint(self.engine, resume, self.place, resume_state)
             self.ema.load_state_dict(resume_state["ema"])
             self.loader.load_state_dict(resume_state["loader"])
             self.step, self.skipped = resume_state["step"], resume_state.get("skipped_steps", 0)
-        else:
-            self.ema.update(self.engine.module, decay=0.0)  # start the average at the initial weights
 
         self.logger = MetricsLogger(self.run_dir.root, self.place.is_main, cfg.train.max_steps, cfg.logging.wandb,
                                     cfg.logging.wandb_project, cfg.logging.wandb_entity, cfg.run_name,
@@ -119,33 +122,52 @@ class Trainer:
         """One optimizer step over this rank's micro-batches (gradient accumulation)."""
         torch.manual_seed(step_seed(self.cfg.seed, self.step, self.place.rank))
         losses = []
-        for batch in micro_batches:
+        for i, batch in enumerate(micro_batches):
             x = batch["x"].to(self.device, non_blocking=True)
             y = batch["y"].to(self.device, non_blocking=True)
             t = torch.randint(0, self.diffusion.num_timesteps, (x.shape[0],), device=self.device)
             loss = self.diffusion.training_losses(self._model, x, t, model_kwargs={"y": y})["loss"].mean()
             self.engine.backward(loss)
-            self.engine.step()  # DeepSpeed updates only at the accumulation boundary
             losses.append(loss.detach())
-        applied = self.engine.was_step_applied()
-        if applied:
-            self.ema.update(self.engine.module)
-        grad_norm = self.engine.get_global_grad_norm()
-        return StepResult(torch.stack(losses).mean(), float("inf") if grad_norm is None else float(grad_norm), applied)
+            if i + 1 < len(micro_batches):
+                self.engine.step()  # counts the micro-step; the update happens at the boundary below
+        grad_norm, applied = self.guard.prepare()
+        self.engine.step()
+        self.ema.update(applied)
+        skipped = 1.0 - applied
+        self.window_skips += skipped
+        self.consecutive_skips.add_(skipped).mul_(skipped)
+        return StepResult(torch.stack(losses).mean(), grad_norm, applied)
 
     def save(self) -> None:
+        self._count_skips()
         state = {"ema": self.ema.state_dict(), "loader": self.loader.state_dict(), "skipped_steps": self.skipped,
                  "config": config_to_dict(self.cfg), "code_version": __version__}
         path = save_checkpoint(self.engine, self.run_dir.checkpoints, self.step, state, self.place,
                                self.cfg.checkpoint.keep_last, self.cfg.checkpoint.keep_every)
         self.logger.info(f"saved checkpoint {path}")
 
-    def _log(self, losses: list[torch.Tensor], grad_norm: float, wait: float, elapsed: float, steps: int) -> None:
+    def _count_skips(self) -> None:
+        """Read the device's skip counters (a host sync): report, and abort on too many in a row."""
+        window, in_a_row = int(self.window_skips.item()), int(self.consecutive_skips.item())
+        if not window:
+            return
+        self.skipped += window
+        self.window_skips.zero_()
+        self.logger.info(f"step {self.step}: {window} step(s) since the last report had non-finite loss or "
+                         f"gradients and were skipped ({in_a_row} in a row now, {self.skipped} in total)")
+        if in_a_row >= self.cfg.train.max_consecutive_skips:
+            raise RuntimeError(f"{in_a_row} consecutive steps had non-finite loss or gradients "
+                               "(train.max_consecutive_skips); check the data and the learning rate")
+
+    def _log(self, losses: list[torch.Tensor], grad_norm: torch.Tensor, wait: float, elapsed: float,
+             steps: int) -> None:
         loss = torch.stack(losses).mean()
         dist.all_reduce(loss)
+        self._count_skips()
         images_per_s = self.cfg.train.global_batch_size * steps / elapsed
         metrics = {
-            "step": self.step, "loss": loss.item() / self.place.world_size, "grad_norm": grad_norm,
+            "step": self.step, "loss": loss.item() / self.place.world_size, "grad_norm": grad_norm.item(),
             "lr": self.engine.get_lr()[0], "images_per_s": images_per_s,
             "tokens_per_s": images_per_s * self.tokens_per_image,
             "mfu": self.flops_per_image * images_per_s / (self.peak * self.place.world_size) if self.peak else None,
@@ -161,6 +183,7 @@ class Trainer:
         batches = forever(self.loader)
         # Throughput counts data loading and training steps, not sampling or checkpointing.
         losses, wait, busy, window_steps = [], 0.0, 0.0, 0
+        first_step = True
         while self.step < cfg.train.max_steps:
             faulthandler.dump_traceback_later(cfg.train.hang_dump_minutes * 60, repeat=True)
             fetch_start = time.perf_counter()
@@ -168,19 +191,15 @@ class Trainer:
             wait += time.perf_counter() - fetch_start
             result = self.train_step(micro_batches)
             busy += time.perf_counter() - fetch_start
+            if first_step:  # once: what a cold start costs (compilation, kernel autotuning, data start-up)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                self.logger.info(f"first step took {time.perf_counter() - fetch_start:.1f} s"
+                                 + (" (torch.compile included)" if cfg.train.compile else ""))
+                first_step = False
             self.step += 1
             window_steps += 1
             losses.append(result.loss)
-            if result.applied:
-                self.consecutive_skips = 0
-            else:
-                self.skipped += 1
-                self.consecutive_skips += 1
-                self.logger.info(f"step {self.step}: non-finite loss or gradients, update skipped "
-                                 f"({self.consecutive_skips} in a row, {self.skipped} in total)")
-                if self.consecutive_skips >= cfg.train.max_consecutive_skips:
-                    raise RuntimeError(f"{self.consecutive_skips} consecutive steps had non-finite loss or gradients "
-                                       "(train.max_consecutive_skips); check the data and the learning rate")
             if self.step % cfg.logging.every_steps == 0 or self.step == cfg.train.max_steps:
                 self._log(losses, result.grad_norm, wait, busy, window_steps)
                 losses, wait, busy, window_steps = [], 0.0, 0.0, 0
@@ -189,7 +208,7 @@ class Trainer:
             if self.samples and cfg.sampling.every_steps and self.step % cfg.sampling.every_steps == 0:
                 path = self.samples.write(self.ema.module, self.run_dir.samples / f"step-{self.step:07d}.png")
                 self.logger.log_image("samples", path, self.step)
-            preempted = self.preemption.any_rank_signalled(self.device)
+            preempted = self.preemption.any_rank_signalled()
             every = cfg.checkpoint.every_steps
             if preempted or (every and self.step % every == 0) or (
                     cfg.checkpoint.final and self.step == cfg.train.max_steps):

@@ -1,0 +1,488 @@
+"""Training speed side by side on one GPU: the bare model step and the real trainer, DiG vs DiT vs
+a reference DiG, in one process per card and one run.
+
+    python bench/train_step.py --out DIR [--sections ceilings,conv,bare,trainer,memory]
+                               [--res 256,512,1024,2048] [--models XL,S] [--smoke]
+
+--smoke runs every section on the CPU with tiny models (a check of the script, not a measurement).
+
+Sections:
+  ceilings  the card's measured copy bandwidth and bf16 matmul rate (the MFU denominator)
+  conv      the 3x3 depthwise conv of a DiG block, fwd+bwd: PyTorch native vs cuDNN channels-last
+  bare      one training step without the trainer: fp32 weights + bf16 autocast + fused AdamW +
+            the diffusion loss (what a plain PyTorch user writes), for our DiG (eager, blocks
+            compiled), DiT with SDPA (eager, blocks compiled) and the reference-style DiG on
+            flash-linear-attention (bench/reference_dig.py, eager)
+  trainer   the real `python -m dig_scale.train` (DeepSpeed ZeRO-2, bf16) on synthetic MDS latents;
+            throughput from its own metrics.jsonl, plus a profiled run: kernels per step, GPU-busy
+            fraction and a phase breakdown (device syncs between phases)
+  memory    peak memory at two micro-batches per model (linear fit -> largest micro-batch that fits)
+
+FLOPs count every matmul of the forward (models/flops: linear layers, attention or GLA scores,
+state updates, depthwise conv), x3 for forward+backward; MFU divides by the measured matmul rate.
+Every result is appended to DIR/results.jsonl as it is measured; the markdown table goes to
+DIR/train_step_<card>.md (and --results for bench/results/) at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from dig_scale.diffusion import create_diffusion  # noqa: E402
+from dig_scale.models import create_model  # noqa: E402
+from dig_scale.train.compile import compile_blocks  # noqa: E402
+from dig_scale.train.flops import forward_flops_per_image  # noqa: E402
+
+SIZES = {"XL": {256: 32, 512: 16, 1024: 4, 2048: 1}, "S": {256: 64, 512: 32, 1024: 8, 1792: 2, 2048: 1}}
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+SMOKE: dict = {}  # --smoke: constructor overrides that make every model tiny
+RESULTS: Path | None = None
+BREAKDOWN = False  # --breakdown: top kernels and host ops of every bare step
+MAX_RES_CHECKED = 4096  # a DiT step at 4096 px already takes seconds (attention is quadratic)
+
+
+def sync() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def record(entry: dict) -> dict:
+    entry = {"time": time.time(), **entry}
+    print(json.dumps(entry), flush=True)
+    if RESULTS is not None:
+        with RESULTS.open("a") as f:
+            f.write(json.dumps(entry) + "\n")
+    return entry
+
+
+def measure_ceilings() -> dict:
+    n = 2**30 if DEVICE == "cuda" else 2**24
+    src = torch.empty(n, dtype=torch.uint8, device=DEVICE)
+    dst = torch.empty_like(src)
+    copy = 2 * n / (time_cuda(lambda: dst.copy_(src), min_seconds=0.3) / 1e3)
+    m = 8192 if DEVICE == "cuda" else 512
+    a = torch.randn(m, m, dtype=torch.bfloat16, device=DEVICE)
+    b = torch.randn(m, m, dtype=torch.bfloat16, device=DEVICE)
+    matmul = 2 * m**3 / (time_cuda(lambda: a @ b, min_seconds=0.5) / 1e3)
+    return record({"section": "ceilings", "copy_TBps": copy / 1e12, "bf16_matmul_TFLOPs": matmul / 1e12})
+
+
+def time_cuda(fn, min_seconds: float = 1.0, warmup: int = 3) -> float:
+    """Mean wall time per call (ms) over a window of back-to-back calls after warm-up: host
+    overhead and launch gaps count, as they do in training."""
+    for _ in range(warmup):
+        fn()
+    sync()
+    start, calls = time.perf_counter(), 0
+    while True:
+        fn()
+        calls += 1
+        if calls >= 5 and time.perf_counter() - start > min_seconds:
+            break
+    sync()
+    return 1e3 * (time.perf_counter() - start) / calls
+
+
+def bench_conv() -> None:
+    import torch.nn.functional as F
+
+    N, H, W, C = (32, 16, 16, 1152) if DEVICE == "cuda" else (2, 8, 8, 64)
+    dtype = torch.bfloat16 if DEVICE == "cuda" else torch.float32
+    x = torch.randn(N, H * W, C, device=DEVICE, dtype=dtype, requires_grad=True)
+    weight = torch.randn(C, 1, 3, 3, device=DEVICE, dtype=dtype, requires_grad=True)
+    bias = torch.randn(C, device=DEVICE, dtype=dtype, requires_grad=True)
+    dy = torch.randn_like(x)
+
+    def native():
+        image = x.view(N, H, W, C).permute(0, 3, 1, 2)
+        return F.conv2d(image, weight, bias, padding=1, groups=C).permute(0, 2, 3, 1).reshape(N, H * W, C)
+
+    def cudnn_channels_last():
+        image = x.view(N, H, W, C).permute(0, 3, 1, 2)
+        w = weight.contiguous(memory_format=torch.channels_last)
+        return F.conv2d(image, w, bias, padding=1, groups=C).permute(0, 2, 3, 1).reshape(N, H * W, C)
+
+    def gpu_ms(fn) -> float | None:
+        """Sum of the kernels' device time per call (no launch gaps or host time)."""
+        if DEVICE != "cuda":
+            return None
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(10):
+                torch.autograd.backward(fn(), dy)
+            torch.cuda.synchronize()
+        return sum(e.device_time for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA) / 1e4
+
+    reference = native().float()
+    for name, fn in (("native", native), ("cudnn_channels_last", cudnn_channels_last)):
+        err = ((fn().float() - reference).norm() / reference.norm()).item()
+        ms = time_cuda(lambda fn=fn: torch.autograd.backward(fn(), dy), min_seconds=0.5)
+        record({"section": "conv", "variant": name, "shape": [N, H * W, C], "fwd_bwd_ms": ms,
+                "fwd_bwd_gpu_ms": gpu_ms(fn), "rel_err": err,
+                "floor_ms": 1e3 * 4 * x.numel() * 2 / 4.2e12})
+
+
+def build(contender: str, size: str, res: int) -> torch.nn.Module:
+    latent = res // 8
+    if contender.startswith("ref"):
+        sys.path.insert(0, str(ROOT / "bench"))
+        from reference_dig import ReferenceDiG
+
+        depth, hidden, heads = {"S": (12, 384, 6), "XL": (28, 1152, 18)}[size]
+        return ReferenceDiG(latent, hidden_size=hidden, depth=depth, num_heads=heads)
+    family = "DiG" if contender.startswith("dig") else "DiT"
+    return create_model(f"{family}-{size}/2", input_size=latent, **SMOKE)
+
+
+def flops_per_image(size: str, res: int, contender: str) -> int:
+    family = "DiT" if contender.startswith("dit") else "DiG"  # the reference has DiG's matmuls
+    with torch.device("meta"):
+        model = create_model(f"{family}-{size}/2", input_size=res // 8, **SMOKE)
+    return 3 * forward_flops_per_image(model)
+
+
+def profile_kernels(step, steps: int = 2) -> dict:
+    """Kernels launched per step and the fraction of the step's wall time the GPU is busy."""
+    from torch.profiler import ProfilerActivity, profile
+
+    sync()
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync()
+        wall_us = 1e6 * (time.perf_counter() - start)
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    intervals = sorted((e.time_range.start, e.time_range.end) for e in kernels)
+    busy, end = 0.0, -1.0
+    for s, e in intervals:
+        if e > end:
+            busy += e - max(s, end)
+            end = e
+    return {"kernels_per_step": len(kernels) / steps, "gpu_busy": busy / wall_us}
+
+
+def top_ops(step, count: int = 15) -> dict:
+    """Where one step's time goes: the kernels with the most device time, and the host-side ops
+    with the most self time (a host-bound step shows up in the second list)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    sync()
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+        step()
+        sync()
+    table = prof.key_averages()
+    device = sorted((e for e in table if e.device_time_total > 0), key=lambda e: -e.device_time_total)
+    host = sorted(table, key=lambda e: -e.self_cpu_time_total)
+    return {"device_ms": sum(e.self_device_time_total for e in table) / 1e3,
+            "top_kernels": [(e.key[:90], round(e.device_time_total / 1e3, 3), e.count) for e in device[:count]],
+            "top_host": [(e.key[:90], round(e.self_cpu_time_total / 1e3, 3), e.count) for e in host[:count]]}
+
+
+def bench_bare(size: str, res: int, batch: int, contender: str, peak: float, kernels: bool) -> None:
+    torch.manual_seed(0)
+    entry = {"section": "bare", "model": size, "res": res, "batch": batch, "contender": contender}
+    try:
+        model = build(contender, size, res).to(DEVICE).train()
+        if "compiled" in contender:
+            compile_blocks(model)
+        diffusion = create_diffusion(1000, True)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=1e-4, fused=True)
+        x = torch.randn(batch, 4, res // 8, res // 8, device=DEVICE)
+        y = torch.randint(0, 1000, (batch,), device=DEVICE)
+
+        def step():
+            t = torch.randint(0, 1000, (batch,), device=DEVICE)
+            with torch.autocast(DEVICE, torch.bfloat16):
+                loss = diffusion.training_losses(model, x, t, model_kwargs={"y": y})["loss"].mean()
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        start = time.perf_counter()
+        step()
+        sync()
+        entry["first_step_s"] = time.perf_counter() - start  # compile time for compiled contenders
+        if DEVICE == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        ms = time_cuda(step, min_seconds=2.0)
+        entry.update(ms=ms, img_per_s=1e3 * batch / ms, tokens_per_s=1e3 * batch * (res // 16) ** 2 / ms,
+                     mfu=flops_per_image(size, res, contender) * batch / (ms / 1e3) / peak,
+                     peak_gb=torch.cuda.max_memory_allocated() / 1e9 if DEVICE == "cuda" else None)
+        if kernels:
+            entry.update(profile_kernels(step))
+        if BREAKDOWN:
+            entry["breakdown"] = top_ops(step)
+    except Exception as e:  # one failed contender must not cost the rest of the run
+        entry["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+    record(entry)
+    model = optimizer = None
+    gc.collect()
+    if DEVICE == "cuda":
+        torch.cuda.empty_cache()
+    torch._dynamo.reset()
+
+
+def peak_memory(family: str, size: str, res: int, batch: int, policy: str) -> float | None:
+    """Peak GB of one eager bare training step (autocast bf16, fused AdamW), None when it does not fit."""
+    model = optimizer = None
+    try:
+        model = create_model(f"{family}-{size}/2", input_size=res // 8, activation_checkpointing=policy,
+                             **SMOKE).to(DEVICE)
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], fused=True)
+        diffusion = create_diffusion(1000, True)
+        x = torch.randn(batch, 4, res // 8, res // 8, device=DEVICE)
+        y = torch.randint(0, 1000, (batch,), device=DEVICE)
+        t = torch.randint(0, 1000, (batch,), device=DEVICE)
+        if DEVICE == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        with torch.autocast(DEVICE, torch.bfloat16):
+            loss = diffusion.training_losses(model, x, t, model_kwargs={"y": y})["loss"].mean()
+        loss.backward()
+        optimizer.step()
+        sync()
+        return torch.cuda.max_memory_allocated() / 1e9 if DEVICE == "cuda" else 0.0
+    except torch.OutOfMemoryError:
+        return None
+    finally:
+        model = optimizer = None
+        gc.collect()
+        if DEVICE == "cuda":
+            torch.cuda.empty_cache()
+
+
+def bench_memory(size: str) -> None:
+    """Largest micro-batch at 256 px and largest square resolution at batch 1, with and without
+    activation checkpointing: peak memory is affine in images (resp. tokens), so two points fit
+    it; the predicted limit is then run once to confirm it fits (stepping down 10% until it does)."""
+    capacity = 0.95 * torch.cuda.get_device_properties(0).total_memory / 1e9 if DEVICE == "cuda" else 1.0
+    for family in ("DiG", "DiT"):
+        for policy in ("none", "all"):
+            a, b = peak_memory(family, size, 256, 8, policy), peak_memory(family, size, 256, 16, policy)
+            per_image = (b - a) / 8
+            batch = int((capacity - (a - 8 * per_image)) / per_image) if per_image > 0 else 16
+            while batch > 16 and peak_memory(family, size, 256, batch, policy) is None:
+                batch = int(batch * 0.9)
+            r1, r2 = 512, 1024
+            m1, m2 = peak_memory(family, size, r1, 1, policy), peak_memory(family, size, r2, 1, policy)
+            t1, t2 = (r1 // 16) ** 2, (r2 // 16) ** 2
+            per_token = (m2 - m1) / (t2 - t1)
+            side = int(((capacity - (m1 - t1 * per_token)) / per_token) ** 0.5) if per_token > 0 else 64
+            res = min(16 * side // 64 * 64, MAX_RES_CHECKED)  # image side in px, a multiple of 64
+            while res > r2 and peak_memory(family, size, res, 1, policy) is None:
+                res -= 256
+            record({"section": "memory", "model": f"{family}-{size}/2", "activation_checkpointing": policy,
+                    "peak_gb_256px_batch8": a, "gb_per_image_256px": per_image, "max_batch_256px": batch,
+                    "gb_per_1k_tokens_batch1": 1e3 * per_token, "max_res_batch1": res,
+                    "max_res_capped": res == MAX_RES_CHECKED})
+
+
+def write_synthetic_latents(path: Path, num_samples: int, latent: int) -> None:
+    """Random posteriors in encode.py's schema (mean ~ N(0, 1), std ~ U(0.01, 0.1))."""
+    from streaming import MDSWriter
+
+    from dig_scale.data.schema import MDS_COMPRESSION, METADATA_FILENAME, DatasetMetadata, mds_columns, tool_info
+
+    shape = (4, latent, latent)
+    rng = np.random.default_rng(0)
+    with MDSWriter(out=str(path), columns=mds_columns("latent", shape), compression=MDS_COMPRESSION) as writer:
+        for i in range(num_samples):
+            writer.write({"mean": rng.standard_normal((2, *shape)).astype(np.float16),
+                          "std": rng.uniform(0.01, 0.1, (2, *shape)).astype(np.float16),
+                          "label": i % 1000, "key": f"synthetic/{i}"})
+    meta = DatasetMetadata(
+        kind="latent", sample_shape=shape, resolution=8 * latent, num_samples=num_samples, num_classes=1000,
+        class_counts=np.bincount(np.arange(num_samples) % 1000, minlength=1000).tolist(), class_names=None,
+        vae="synthetic", scaling_factor=0.18215, shift_factor=0.0, latent_mean=[0.0] * 4, latent_std=[1.0] * 4,
+        preprocessing={}, source={"type": "synthetic"}, tool=tool_info("bench/train_step.py"), created="")
+    (path / METADATA_FILENAME).write_text(meta.to_json())
+
+
+def trainer_overrides(scratch: Path, name: str, data: Path, batch: int, steps: int, *extra: str) -> list[str]:
+    return [f"run_name={name}", f"output_dir={scratch / 'runs'}", f"data.path={data}", f"train.max_steps={steps}",
+            f"train.micro_batch_size={batch}", f"train.global_batch_size={batch}", "sampling.every_steps=0",
+            "checkpoint.every_steps=0", "checkpoint.final=false", f"logging.every_steps={max(steps // 2, 1)}",
+            "data.num_workers=8", *extra]
+
+
+def bench_loader(data: Path, batch: int, workers: int, batches: int = 200) -> None:
+    """The training data stream alone: samples/s one rank's loader delivers from local MDS shards."""
+    from streaming import StreamingDataLoader
+
+    from dig_scale.data import LatentDataset
+
+    dataset = LatentDataset(str(data), str(data.with_name(data.name + "-cache")), batch_size=batch, seed=0)
+    loader = StreamingDataLoader(dataset, batch_size=batch, num_workers=workers, drop_last=True,
+                                 persistent_workers=workers > 0)
+    stream, seen = iter(loader), 0
+    next(stream)  # worker start-up and the first shards
+    start = time.perf_counter()
+    while seen < batches * batch:
+        try:
+            seen += len(next(stream)["y"])
+        except StopIteration:
+            stream = iter(loader)
+    record({"section": "loader", "batch": batch, "workers": workers,
+            "samples_per_s": seen / (time.perf_counter() - start)})
+
+
+def bench_trainer(out: Path, scratch: Path, data: Path, name: str, config: str, size: str, batch: int, steps: int,
+                  peak: float, *extra: str, gpus: int = 1) -> None:
+    """The real entry point as a user runs it; throughput from the last logging window."""
+    launcher = [sys.executable] if gpus == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                                    f"--nproc_per_node={gpus}"]
+    command = [*launcher, "-m", "dig_scale.train", str(ROOT / "configs" / config),
+               *trainer_overrides(scratch, name, data, batch, steps, *extra, f"train.global_batch_size={batch * gpus}")]
+    start = time.perf_counter()
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    (out / f"{name}.log").write_text(result.stdout + result.stderr)
+    entry = {"section": "trainer", "name": name, "model": size, "res": 256, "batch": batch, "gpus": gpus,
+             "steps": steps, "overrides": list(extra), "wall_s": time.perf_counter() - start}
+    metrics_file = scratch / "runs" / name / "metrics.jsonl"
+    if result.returncode or not metrics_file.is_file():
+        entry["error"] = (result.stderr or result.stdout)[-1500:]
+    else:
+        last = json.loads(metrics_file.read_text().splitlines()[-1])
+        contender = "dit" if size.startswith("DiT") else "dig"
+        img_s = last["images_per_s"] / gpus  # per GPU
+        entry.update(img_per_s=img_s, ms=1e3 * batch / img_s, peak_gb=last["peak_mem_gb"], loss=last["loss"],
+                     first_window_img_per_s=json.loads(metrics_file.read_text().splitlines()[0])["images_per_s"],
+                     data_wait=last["data_wait"],
+                     mfu=flops_per_image(size.split("-")[1].split("/")[0], 256, contender) * img_s / peak)
+    record(entry)
+
+
+def profile_trainer_child(config: str, overrides: list[str], steps: int) -> None:
+    """In-process: build the real Trainer, then time its phases with device syncs between them, and
+    profile two real train_step calls (kernels per step, GPU-busy fraction)."""
+    from dig_scale.config import load_config
+    from dig_scale.train.trainer import Trainer
+
+    trainer = Trainer(load_config(ROOT / "configs" / config, overrides))
+    batches = iter(trainer.loader)
+    batch = next(batches)
+    for _ in range(3):
+        trainer.train_step([batch])
+    phases = {"forward_loss": [], "backward": [], "update_guard": [], "optimizer_step": [], "ema": []}
+    engine, device = trainer.engine, trainer.device
+    for _ in range(steps):
+        sync()
+        marks = [time.perf_counter()]
+        x, y = batch["x"].to(device, non_blocking=True), batch["y"].to(device, non_blocking=True)
+        t = torch.randint(0, 1000, (x.shape[0],), device=device)
+        loss = trainer.diffusion.training_losses(trainer._model, x, t, model_kwargs={"y": y})["loss"].mean()
+        phase_calls = (lambda loss=loss: engine.backward(loss), trainer.guard.prepare, engine.step, trainer.ema.update)
+        for fn in phase_calls:
+            sync()
+            marks.append(time.perf_counter())
+            fn()
+        sync()
+        marks.append(time.perf_counter())
+        for key, a, b in zip(phases, marks, marks[1:]):
+            phases[key].append(1e3 * (b - a))
+    entry = {"section": "trainer_profile", "phases_ms": {k: float(np.median(v)) for k, v in phases.items()}}
+    entry.update(profile_kernels(lambda: trainer.train_step([batch])))
+    record(entry)
+
+
+def main() -> int:
+    global RESULTS, BREAKDOWN
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True, help="results.jsonl and the trainer logs")
+    parser.add_argument("--scratch", type=Path, help="synthetic data and run directories (default: a temp dir)")
+    parser.add_argument("--sections", default="ceilings,conv,bare,trainer")
+    parser.add_argument("--models", default="XL")
+    parser.add_argument("--res", default="256")
+    parser.add_argument("--contenders", default="dig-eager,dig-compiled,dit-eager,dit-compiled,ref-eager")
+    parser.add_argument("--trainer-steps", type=int, default=60)
+    parser.add_argument("--smoke", action="store_true", help="CPU check of the script with tiny models")
+    parser.add_argument("--breakdown", action="store_true", help="bare section: top kernels and host ops per step")
+    parser.add_argument("--gpus", type=int, default=1, help="trainer section: GPUs for dig_xl2_compiled_<N>gpu")
+    parser.add_argument("--trainer-runs", default="loader,dig_xl2_compiled,dig_xl2_eager,dit_xl2_compiled,profile",
+                        help="trainer section: which runs (names in main(); 'loader', 'profile')")
+    parser.add_argument("--profile-child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    RESULTS = args.out / "results.jsonl"
+    if args.smoke:
+        SMOKE.update(depth=2, hidden_size=64, num_heads=2)
+    BREAKDOWN = args.breakdown
+    if args.profile_child:
+        config, steps, *overrides = args.profile_child
+        profile_trainer_child(config, overrides, int(steps))
+        return 0
+    sections = args.sections.split(",")
+    card = torch.cuda.get_device_name(0) if DEVICE == "cuda" else "cpu"
+    record({"section": "setup", "card": card, "torch": torch.__version__, "date": str(datetime.date.today()),
+            "versions": {p: _version(p) for p in ("triton", "deepspeed", "streaming", "fla")}})
+    peak = measure_ceilings()["bf16_matmul_TFLOPs"] * 1e12
+    if "conv" in sections:
+        bench_conv()
+    if "bare" in sections:
+        for size in args.models.split(","):
+            for res in map(int, args.res.split(",")):
+                if res not in SIZES[size]:
+                    continue
+                for contender in args.contenders.split(","):
+                    if contender.endswith("eager") and not contender.startswith("ref") and res > 256:
+                        continue  # eager ours/DiT only at 256 px: compile is what users pick
+                    bench_bare(size, res, SIZES[size][res], contender, peak, kernels=res == 256)
+    if "memory" in sections:
+        for size in args.models.split(","):
+            bench_memory(size)
+    if "trainer" in sections:
+        scratch = args.scratch or Path(tempfile.mkdtemp(prefix="train_step-"))
+        data = scratch / "latents"
+        write_synthetic_latents(data, 4096 if DEVICE == "cuda" else 64, 32)
+        steps, batch = (args.trainer_steps, 32) if DEVICE == "cuda" else (3, 2)
+        # (compiling on a CPU takes many minutes: the smoke check runs the trainer eager)
+        tiny = ["model.arch={depth: 2, hidden_size: 64, num_heads: 2}", "model.gla_backend=torch",
+                "train.precision=fp32", "data.num_workers=0"] if SMOKE else []
+        runs = {"dig_xl2_compiled": ("DiG-XL/2", "train.compile=true"),
+                "dig_xl2_eager": ("DiG-XL/2", "train.compile=false"),
+                "dit_xl2_compiled": ("DiT-XL/2", "train.compile=true", "model.name=DiT-XL/2",
+                                     *(["model.gla_backend=auto"] if SMOKE else [])),
+                f"dig_xl2_compiled_{args.gpus}gpu": ("DiG-XL/2", "train.compile=true")}
+        if "loader" in args.trainer_runs:
+            bench_loader(data, batch, workers=8 if DEVICE == "cuda" else 0)
+        for name in args.trainer_runs.split(","):
+            if name not in runs:
+                continue
+            model, *extra = runs[name]
+            gpus = args.gpus if name.endswith("gpu") else 1
+            bench_trainer(args.out, scratch, data, name, "dig_xl2_in1k256.yaml", model, batch, steps, peak, *tiny,
+                          *extra, *(["train.compile=false"] if SMOKE else []), gpus=gpus)
+        if "profile" not in args.trainer_runs:
+            return 0
+        overrides = trainer_overrides(scratch, "profile", data, batch, 10, *tiny,
+                                      f"train.compile={'false' if SMOKE else 'true'}")
+        subprocess.run([sys.executable, __file__, "--out", str(args.out), *(["--smoke"] if SMOKE else []),
+                        "--profile-child", "dig_xl2_in1k256.yaml", "10" if DEVICE == "cuda" else "2", *overrides],
+                       cwd=ROOT)
+    return 0
+
+
+def _version(package: str) -> str:
+    try:
+        return __import__(package).__version__
+    except Exception:
+        return "not installed"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
