@@ -19,7 +19,7 @@ from dig_scale import evaluate, export, sample
 DIGITS = ",".join(str(d) for d in range(10))
 
 
-def close_the_loop(run: Path, per_class: int = 100, sampler: str = "ddpm", steps: int = 100, cfg_scale: float = 3.0,
+def close_the_loop(run: Path, per_class: int = 100, sampler: str = "ddpm", steps: int = 250, cfg_scale: float = 1.5,
                    seed: int = 0, batch_size: int = 100) -> dict:
     """Export, sample and judge `run` into run/eval/ (which must not exist). Returns the metrics."""
     out = run / "eval"
@@ -43,8 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run", type=Path, nargs="?", default=Path("runs/demo_digits"))
     parser.add_argument("--per-class", type=int, default=100, help="samples of each digit")
     parser.add_argument("--sampler", choices=sample.SAMPLERS, default="ddpm")
-    parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--cfg-scale", type=float, default=3.0)
+    parser.add_argument("--steps", type=int, default=250)
+    parser.add_argument("--cfg-scale", type=float, default=1.5)
     args = parser.parse_args(argv)
     try:
         metrics = close_the_loop(args.run, args.per_class, args.sampler, args.steps, args.cfg_scale)

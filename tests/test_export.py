@@ -7,9 +7,8 @@ import pytest
 import torch
 from engine_runs import assert_ok, launch, run_dir, write_config
 
-pytest.importorskip("dig_scale.checkpoint", reason="the checkpoint API (dig_scale.checkpoint) is not merged yet")
-
-from dig_scale.checkpoint import CheckpointError, read_ema_state_dict, resolve_checkpoint  # noqa: E402
+checkpoints = pytest.importorskip("dig_scale.checkpoint",
+                                  reason="the checkpoint API (dig_scale.checkpoint) is not merged yet")
 
 from dig_scale.demo_loop import close_the_loop  # noqa: E402
 from dig_scale.export import ExportError, export  # noqa: E402
@@ -40,7 +39,7 @@ def trained_run(tmp_path_factory):
 
 def test_export_reloads_the_checkpoints_ema_exactly(trained_run, tmp_path):
     folder = export(trained_run, tmp_path / "export", live=True)
-    ema = read_ema_state_dict(resolve_checkpoint(trained_run))
+    ema = checkpoints.read_ema_state_dict(checkpoints.resolve_checkpoint(trained_run))
     model = load_pretrained(folder)
     assert model.state_dict().keys() == ema.keys()
     for name, tensor in model.state_dict().items():
@@ -55,7 +54,7 @@ def test_export_reloads_the_checkpoints_ema_exactly(trained_run, tmp_path):
 
 
 def copy_checkpoint(run, tmp_path):
-    source = resolve_checkpoint(run)
+    source = checkpoints.resolve_checkpoint(run)
     target = tmp_path / "run" / "checkpoints" / source.name
     shutil.copytree(source, target)
     (target.parent / "latest").write_text(source.name)
@@ -68,7 +67,7 @@ def test_corrupt_and_ema_less_checkpoints_are_refused(trained_run, tmp_path):
     data = bytearray(ema.read_bytes())
     data[len(data) // 2] ^= 0xFF
     ema.write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match="ema.safetensors: content differs"):
+    with pytest.raises(checkpoints.CheckpointError, match="ema.safetensors: content differs"):
         export(tmp_path / "run", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
@@ -76,7 +75,7 @@ def test_corrupt_and_ema_less_checkpoints_are_refused(trained_run, tmp_path):
     manifest = json.loads((checkpoint / "manifest.json").read_text())
     del manifest["files"]["ema.safetensors"]
     (checkpoint / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(CheckpointError, match="no EMA weights"):
+    with pytest.raises(checkpoints.CheckpointError, match="no EMA weights"):
         export(tmp_path / "run", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
