@@ -23,6 +23,10 @@ from dig_scale.models import create_model  # noqa: E402
 from dig_scale.sampling import SamplerSettings, generate, sample_generators  # noqa: E402
 
 
+def sample_batch(model: torch.nn.Module, labels: torch.Tensor, settings: SamplerSettings) -> torch.Tensor:
+    return generate(model, labels, sample_generators(0, range(len(labels))), settings, 1000)
+
+
 def timed(fn) -> tuple[float, torch.Tensor]:
     torch.cuda.synchronize()
     start = time.perf_counter()
@@ -50,10 +54,9 @@ def main() -> int:
     print(f"{torch.cuda.get_device_name()}: DiG-XL/2, {args.sampler} {args.steps} steps, cfg 1.5")
     for batch in map(int, args.batches.split(",")):
         labels = torch.randint(1000, (batch,), device=device)
-        run = lambda model: generate(model, labels, sample_generators(0, range(batch)), settings, 1000)  # noqa: E731
-        run(bf16)  # warm-up: Triton compilation and autotuning
+        sample_batch(bf16, labels, settings)  # warm-up: Triton compilation and autotuning
         for name, model in (("bf16", bf16), ("fp32", fp32)):
-            seconds, out = timed(lambda m=model: run(m))
+            seconds, out = timed(lambda m=model, y=labels: sample_batch(m, y, settings))
             per_image_250 = seconds / batch * 250 / args.steps
             hours = 50_000 * per_image_250 / 8 / 3600
             print(f"batch {batch:4d} {name}: {batch * args.steps / seconds:8.1f} img-steps/s, "
