@@ -1,28 +1,29 @@
-"""GLA kernels at DiG shapes: ours (Triton) vs flash-linear-attention `chunk_gla` vs PyTorch SDPA.
+"""GLA at DiG shapes: ours (Triton) vs flash-linear-attention `chunk_gla` vs PyTorch SDPA, and the
+compiled DiG-S/2 vs DiT-S/2 training step: everything issue 13's targets need, in one run.
 
-One process, one GPU. For DiG-S/B/L/XL-2 head configurations (GLA heads with dk=32, dv=64;
-DiT attention with 64-dim heads over the same width) at T = 256 .. 16384 with B*T ~ 65,536
-tokens, and B=1 at T=16,384, it times forward and forward+backward (median of CUDA events
-after warm-up, L2 flushed between runs), compares with the memory-traffic floor (bytes that
-must move / measured copy bandwidth), prints markdown tables and writes them, with the card,
-versions and date, to bench/results/gla_<card>.md.
+    python bench/gla.py              # ~6 min on one H100/H200 with cold caches; writes bench/results/gla_<card>.md
+    python bench/gla.py --skip fla model-step
+    python bench/gla.py --ncu        # prints the Nsight Compute command that profiles our kernels
 
-    python bench/gla.py                 # everything (fla from its wheel; skipped if missing)
-    python bench/gla.py --sweep         # first pick launch settings for our kernels
-    python bench/gla.py --profile       # add a per-kernel breakdown (torch.profiler)
-    python bench/gla.py --cold-compile  # time compiling every DiG variant from an empty Triton cache
-    ncu -k regex:_kernel python bench/gla.py --profile-step   # two fwd+bwd steps at DiG-XL/2, B=16, T=4096
+Cases: the GLA heads of DiG-S/B/L/XL-2 (key dim 32, value dim 64) at T = 256 .. 16384 with
+B*T ~ 65,536 tokens, and B = 1 at T = 16,384; bf16 q, k, v and fp32 log-space gates, as fla takes
+them. Timings are medians of CUDA events with the L2 cache flushed (triton.testing.do_bench);
+ours also CUDA-graphed, which leaves out the host. SDPA runs DiT's attention over the same width
+(64-dim heads, non-causal), cuDNN and flash backends. The memory-traffic floor of a call is
+    floor = bytes that must move / the card's measured copy bandwidth (read + write), with
+    fwd bytes     = B T H (2K*2 [q, k] + 4K [g] + 2V [v] + 2V [o])
+    fwd+bwd bytes = fwd bytes + B T H (2K*2 + 4K + 2V*2 [q, k, g, v, do] + 2K*2 + 4K + 2V [dq, dk, dg, dv]),
+and GB/s = floor bytes / time. Extra memory = peak allocated during fwd+bwd beyond its inputs,
+d_out, output and gradients, over the inputs' bytes.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.metadata
 import json
-import os
 import re
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,13 +34,17 @@ import triton
 from triton.testing import do_bench, do_bench_cudagraph
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from kernels.gla import ScanOrder, chunk_gla, scan_gla, triton_backward, triton_forward, triton_segments  # noqa: E402
+from dig_scale.models.registry import create_model  # noqa: E402
+from kernels.gla import ScanOrder, chunk_gla, scan_gla  # noqa: E402
 
 HEADS = {"DiG-S/2": 6, "DiG-B/2": 12, "DiG-L/2": 16, "DiG-XL/2": 18}
 WIDTH = {"DiG-S/2": 384, "DiG-B/2": 768, "DiG-L/2": 1024, "DiG-XL/2": 1152}
 LENGTHS = (256, 1024, 4096, 12544, 16384)
 TOKENS = 65536
 DK, DV, DIT_HEAD = 32, 64, 64
+REP_MS = 40
+OUR_KERNELS = ("_summary_kernel", "_scan_kernel", "_output_kernel", "_grad_summary_kernel", "_grad_kernel",
+               "_exact_output_kernel", "_exact_grad_kernel")
 
 
 @dataclass
@@ -48,14 +53,13 @@ class Case:
     B: int
     T: int
     ms: dict = field(default_factory=dict)  # "<contender> <fwd|fwd+bwd>" -> median ms (None: failed)
+    extra_memory: dict = field(default_factory=dict)  # contender -> extra bytes / input bytes
 
     @property
     def H(self) -> int:
         return HEADS[self.model]
 
     def floor_bytes(self, backward: bool) -> int:
-        """Bytes that must move: read q, k, v (bf16), g (fp32), write o; backward adds reading
-        do and the inputs again and writing dq, dk, dv, dg."""
         per_head = 2 * DK * 2 + DK * 4 + DV * 2 + DV * 2
         if backward:
             per_head += (2 * DK * 2 + DK * 4 + 2 * DV * 2) + (2 * DK * 2 + DK * 4 + DV * 2)
@@ -63,11 +67,10 @@ class Case:
 
 
 def cases() -> list[Case]:
-    out = [Case(m, TOKENS // T, T) for m in HEADS for T in LENGTHS]
-    return out + [Case(m, 1, 16384) for m in HEADS]
+    return [Case(m, TOKENS // T, T) for m in HEADS for T in LENGTHS] + [Case(m, 1, 16384) for m in HEADS]
 
 
-def gla_inputs(case: Case, grad: bool):
+def gla_inputs(case: Case, grad: bool) -> list[torch.Tensor]:
     gen = torch.Generator(device="cuda").manual_seed(case.T)
     shape = (case.B, case.T, case.H)
     q, k = (torch.randn(*shape, DK, device="cuda", generator=gen).bfloat16() for _ in range(2))
@@ -77,10 +80,10 @@ def gla_inputs(case: Case, grad: bool):
     return [x.requires_grad_(grad) for x in (q, k, v, g)]
 
 
-def timed(fn, graph: bool = False) -> float | None:
+def timed(fn, graph: bool = False, rep: int = REP_MS, grad_to_none=None) -> float | None:
     try:
-        return (do_bench_cudagraph(fn, rep=60, return_mode="median") if graph
-                else do_bench(fn, warmup=10, rep=60, return_mode="median"))
+        return (do_bench_cudagraph(fn, rep=rep, return_mode="median") if graph
+                else do_bench(fn, warmup=10, rep=rep, grad_to_none=grad_to_none, return_mode="median"))
     except Exception as e:  # a contender that can't run a shape is reported, not fatal
         print(f"    failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}", flush=True)
         return None
@@ -90,34 +93,47 @@ def fwd_bwd(fn, inputs, d_out):
     return lambda: torch.autograd.grad(fn(*inputs), inputs, d_out)
 
 
-def run_ours(case: Case, graph: bool = True) -> None:
+def extra_memory(fn, inputs, d_out) -> float:
+    """Peak bytes a fwd+bwd allocates beyond inputs, d_out, output and gradients / input bytes."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    out = fn(*inputs)
+    grads = torch.autograd.grad(out, inputs, d_out)
+    torch.cuda.synchronize()
+    kept = sum(x.numel() * x.element_size() for x in (out, *grads))
+    return (torch.cuda.max_memory_allocated() - before - kept) / sum(x.numel() * x.element_size() for x in inputs)
+
+
+def run_gla(case: Case, name: str, fn) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """fwd and fwd+bwd times and extra memory of `fn`; returns the inputs and d_out it used."""
     inputs = gla_inputs(case, grad=False)
-    fn = lambda q, k, v, g: chunk_gla(q, k, v, g, backend="triton")  # noqa: E731
-    case.ms["ours fwd"] = timed(lambda: fn(*inputs))
+    case.ms[f"{name} fwd"] = timed(lambda: fn(*inputs))
     inputs = gla_inputs(case, grad=True)
     d_out = torch.randn_like(inputs[2])
-    case.ms["ours fwd+bwd"] = timed(fwd_bwd(fn, inputs, d_out))
-    if graph:
-        case.ms["ours graphed fwd+bwd"] = timed(fwd_bwd(fn, inputs, d_out), graph=True)
-        side = int(case.T**0.5)
-        if side * side == case.T:  # the column-major reverse scan of DiG's 4th layer, same tokens
-            col = lambda q, k, v, g: scan_gla(q, k, v, g, ScanOrder.COL_REVERSE, (side, side))  # noqa: E731
-            case.ms["ours col-reverse fwd+bwd"] = timed(fwd_bwd(col, inputs, d_out))
+    case.ms[f"{name} fwd+bwd"] = timed(fwd_bwd(fn, inputs, d_out))
+    case.extra_memory[name] = extra_memory(fn, inputs, d_out)
+    return inputs, d_out
 
 
-def run_fla(case: Case, fla_chunk_gla) -> None:
-    inputs = gla_inputs(case, grad=False)
-    fn = lambda q, k, v, g: fla_chunk_gla(q, k, v, g)[0]  # noqa: E731
-    case.ms["fla fwd"] = timed(lambda: fn(*inputs))
-    inputs = gla_inputs(case, grad=True)
-    case.ms["fla fwd+bwd"] = timed(fwd_bwd(fn, inputs, torch.randn_like(inputs[2])))
+def ours(q, k, v, g):
+    return chunk_gla(q, k, v, g, backend="triton")
+
+
+def run_ours(case: Case) -> None:
+    """`run_gla`, then fwd+bwd CUDA-graphed (GPU time alone) and in the column-major reverse
+    order of DiG's 4th layer (the same tokens read through index arithmetic)."""
+    inputs, d_out = run_gla(case, "ours", ours)
+    case.ms["ours graphed fwd+bwd"] = timed(fwd_bwd(ours, inputs, d_out), graph=True)
+    side = int(case.T**0.5)
+    col = lambda q, k, v, g: scan_gla(q, k, v, g, ScanOrder.COL_REVERSE, (case.T // side, side))  # noqa: E731
+    case.ms["ours col-reverse fwd+bwd"] = timed(fwd_bwd(col, inputs, d_out))
 
 
 def run_sdpa(case: Case) -> None:
     from torch.nn.attention import SDPBackend, sdpa_kernel
-    heads = WIDTH[case.model] // DIT_HEAD
-    q, k, v = (torch.randn(case.B, heads, case.T, DIT_HEAD, device="cuda", dtype=torch.bfloat16)
-               for _ in range(3))
+    shape = (case.B, WIDTH[case.model] // DIT_HEAD, case.T, DIT_HEAD)
+    q, k, v = (torch.randn(*shape, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     for name, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION)):
         def fn(q, k, v, backend=backend):
             with sdpa_kernel(backend):
@@ -134,182 +150,160 @@ def copy_bandwidth() -> float:
     return 2 * x.nbytes / (do_bench(lambda: y.copy_(x), warmup=25, rep=200, return_mode="median") * 1e-3)
 
 
-def check_against_fla(fla_chunk_gla) -> float:
-    """Same function as fla on a DiG-S shape (guards the [B, T, H, D] layout pitfall)."""
-    case = Case("DiG-S/2", 2, 1024)
-    q, k, v, g = gla_inputs(case, grad=False)
-    ours = chunk_gla(q, k, v, g, backend="triton").float()
+def difference_from_fla(fla_chunk_gla) -> float:
+    """Same function as fla on a DiG-S shape (guards fla's [B, T, H, D] layout pitfall)."""
+    q, k, v, g = gla_inputs(Case("DiG-S/2", 2, 1024), grad=False)
     theirs = fla_chunk_gla(q, k, v, g)[0].float()
-    return ((ours - theirs).norm() / theirs.norm()).item()
+    return ((ours(q, k, v, g).float() - theirs).norm() / theirs.norm()).item()
 
 
-def sweep(shapes: list[Case]) -> dict:
-    """Coordinate search over our launch settings (forward, then backward, then programs/SM);
-    applies and returns the best. Summed fwd+bwd ms over `shapes` decides."""
-    def total() -> float:
-        for c in shapes:
-            run_ours(c, graph=False)
-        return sum(c.ms["ours fwd+bwd"] or float("inf") for c in shapes)
-
-    choices = [{"num_warps": w, "num_stages": s} for w, s in ((4, 1), (4, 2), (8, 1), (8, 2))]
-    for target in (triton_forward.FORWARD_LAUNCH, triton_backward.BACKWARD_LAUNCH):
-        results = []
-        for choice in choices:
-            target.clear()
-            target.update(choice)
-            results.append((total(), choice))
-            print(f"  sweep {choice}: {results[-1][0]:.3f} ms", flush=True)
-        target.clear()
-        target.update(min(results, key=lambda r: r[0])[1])
-    results = []
-    for pps in (1, 2, 3, 4):
-        triton_segments.PROGRAMS_PER_SM = pps
-        results.append((total(), pps))
-        print(f"  sweep programs/SM {pps}: {results[-1][0]:.3f} ms", flush=True)
-    triton_segments.PROGRAMS_PER_SM = min(results)[1]
-    return {"forward": dict(triton_forward.FORWARD_LAUNCH), "backward": dict(triton_backward.BACKWARD_LAUNCH),
-            "programs_per_sm": triton_segments.PROGRAMS_PER_SM}
+def model_step_ms(name: str) -> float | None:
+    """Compiled bf16 fwd+bwd of `name` at 1792 px (224x224 latents, 12,544 tokens), batch 2."""
+    model = create_model(name, input_size=224).cuda().bfloat16()
+    compiled = torch.compile(model)
+    x = torch.randn(2, 4, 224, 224, device="cuda", dtype=torch.bfloat16)
+    t, y = torch.tensor([10, 500], device="cuda"), torch.tensor([1, 2], device="cuda")
+    step = lambda: compiled(x, t, y).float().square().mean().backward()  # noqa: E731
+    step()  # compiles
+    return timed(step, rep=500, grad_to_none=list(model.parameters()))
 
 
-def apply_launch(settings: dict) -> None:
-    for target, key in ((triton_forward.FORWARD_LAUNCH, "forward"), (triton_backward.BACKWARD_LAUNCH, "backward")):
-        target.clear()
-        target.update(settings[key])
-    triton_segments.PROGRAMS_PER_SM = settings["programs_per_sm"]
+def profile_for_ncu() -> None:
+    """Two fwd+bwd at DiG-XL/2 B=16 T=4096 and DiG-S/2 B=1 T=16384, after a warm-up outside the
+    profiled range (ncu --profile-from-start off)."""
+    steps = []
+    for case in (Case("DiG-XL/2", 16, 4096), Case("DiG-S/2", 1, 16384)):
+        inputs = gla_inputs(case, grad=True)
+        steps.append(fwd_bwd(ours, inputs, torch.randn_like(inputs[2])))
+    for step in steps:
+        step()
+    torch.cuda.synchronize()
+    torch.cuda.profiler.start()
+    for step in steps:
+        step()
+    torch.cuda.synchronize()
+    torch.cuda.profiler.stop()
 
 
-COLD_COMPILE = """
-import time, torch
-from dig_scale.models.gla import GatedLinearAttention
-from kernels.gla import ScanOrder
-start = time.time()
-for width, heads in ((384, 6), (768, 12), (1024, 16), (1152, 18)):
-    layer = GatedLinearAttention(width, heads).cuda()
-    for batch, side in ((2, 16), (1, 128)):  # one segment per sequence / many
-        x = torch.randn(batch, side * side, width, device="cuda", requires_grad=True)
-        with torch.autocast("cuda", torch.bfloat16):
-            layer(x, ScanOrder.COL_REVERSE, (side, side)).float().sum().backward()
-torch.cuda.synchronize()
-print(time.time() - start)
-"""
-
-
-def cold_compile_seconds() -> float:
-    """Wall time of a fresh process's first bf16 fwd+bwd through the model's fused GLA layer for
-    every DiG head count, with and without segments, from an empty Triton cache."""
-    with tempfile.TemporaryDirectory() as cache:
-        env = dict(os.environ, TRITON_CACHE_DIR=cache)
-        root = Path(__file__).resolve().parent.parent
-        out = subprocess.run([sys.executable, "-c", COLD_COMPILE], env=env, cwd=root, check=True,
-                             capture_output=True, text=True).stdout
-    return float(out.split()[-1])
-
-
-def kernel_resources() -> list[str]:
-    """Registers / spills of each compiled variant of our main kernels (from Triton's cache)."""
-    lines = []
-    for kernel in (triton_forward._forward_kernel, triton_backward._backward_kernel):
-        try:
-            compiled_variants = [c for cache in kernel.device_caches.values() for c in cache[0].values()]
-        except (AttributeError, IndexError, TypeError):  # Triton's cache layout differs by version
-            continue
-        for compiled in compiled_variants:
-            lines.append(f"{kernel.fn.__name__}: {compiled.n_regs} registers, {compiled.n_spills} spills, "
-                         f"{compiled.metadata.shared} B shared, {compiled.metadata.num_warps} warps")
-    return lines
-
-
-def profile(case: Case) -> str:
-    """Per-kernel CUDA time of 10 fwd+bwd calls."""
-    inputs = gla_inputs(case, grad=True)
-    step = fwd_bwd(lambda *x: chunk_gla(*x, backend="triton"), inputs, torch.randn_like(inputs[2]))
-    step()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(10):
-            step()
-        torch.cuda.synchronize()
-    return prof.key_averages().table(sort_by="cuda_time_total", row_limit=12)
-
-
-def ratio(a, b) -> str:
-    return f"{a / b:.2f}" if a and b else "-"
+NCU_COMMAND = ("ncu --clock-control none --profile-from-start off -k regex:'{kernels}' --section SpeedOfLight "
+               "--section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats "
+               "--metrics l1tex__data_pipe_lsu_wavefronts_mem_local.sum,dram__bytes.sum,gpu__time_duration.sum "
+               "-o gla_kernels python bench/gla.py --ncu-target")
 
 
 def fmt(x) -> str:
     return f"{x:.3f}" if x else "-"
 
 
-def tables(all_cases: list[Case], bandwidth: float) -> str:
+def ratio(a, b) -> str:
+    return f"{a / b:.2f}" if a and b else "-"
+
+
+def best_sdpa(ms: dict, kind: str) -> float | None:
+    return min((x for x in (ms.get(f"sdpa-cudnn {kind}"), ms.get(f"sdpa-flash {kind}")) if x), default=None)
+
+
+def detailed_tables(all_cases: list[Case], bandwidth: float) -> str:
     out = []
     for kind in ("fwd", "fwd+bwd"):
         backward = kind == "fwd+bwd"
         head = ["model", "B", "T", "ours ms"] + (["ours graphed ms", "ours col-rev ms"] if backward else []) + [
             "fla ms", "SDPA cuDNN ms", "SDPA flash ms", "floor ms", "ours GB/s", "ours/floor", "fla/ours",
-            "best SDPA/ours"]
+            "best SDPA/ours"] + (["extra mem ours", "extra mem fla"] if backward else [])
         out += [f"\n### {kind}\n", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for c in all_cases:
-            ms = {k.rsplit(" ", 1)[0]: v for k, v in c.ms.items() if k.endswith(" " + kind)}
+            ms = c.ms
+            mine = ms.get(f"ours {kind}")
             floor = c.floor_bytes(backward) / bandwidth * 1e3
-            ours = ms.get("ours")
-            sdpa = [x for x in (ms.get("sdpa-cudnn"), ms.get("sdpa-flash")) if x]
-            row = [c.model, str(c.B), str(c.T), fmt(ours)]
+            row = [c.model, str(c.B), str(c.T), fmt(mine)]
             if backward:
-                row += [fmt(ms.get("ours graphed")), fmt(ms.get("ours col-reverse"))]
-            row += [fmt(ms.get("fla")), fmt(ms.get("sdpa-cudnn")), fmt(ms.get("sdpa-flash")), fmt(floor),
-                    f"{c.floor_bytes(backward) / ours / 1e6:.0f}" if ours else "-", ratio(ours, floor),
-                    ratio(ms.get("fla"), ours), ratio(min(sdpa) if sdpa else None, ours)]
+                row += [fmt(ms.get("ours graphed fwd+bwd")), fmt(ms.get("ours col-reverse fwd+bwd"))]
+            row += [fmt(ms.get(f"fla {kind}")), fmt(ms.get(f"sdpa-cudnn {kind}")), fmt(ms.get(f"sdpa-flash {kind}")),
+                    fmt(floor), f"{c.floor_bytes(backward) / mine / 1e6:.0f}" if mine else "-", ratio(mine, floor),
+                    ratio(ms.get(f"fla {kind}"), mine), ratio(best_sdpa(ms, kind), mine)]
+            if backward:
+                row += [f"{c.extra_memory[n]:.2f}" if n in c.extra_memory else "-" for n in ("ours", "fla")]
             out.append("| " + " | ".join(row) + " |")
     return "\n".join(out)
 
 
+def targets(all_cases: list[Case], bandwidth: float, model_ms: dict) -> str:
+    """The issue's targets against this run, one line each, worst case named."""
+    def worst(values, pick):
+        values = [(v, c) for v, c in values if v is not None]
+        return pick(values, key=lambda x: x[0]) if values else (None, None)
+
+    def named(v, c, unit="x"):
+        return f"{v:.2f}{unit} ({c.model} B={c.B} T={c.T})" if c else "not measured"
+
+    mine = lambda c: c.ms.get("ours fwd+bwd")  # noqa: E731
+    fla = worst([(c.ms["fla fwd+bwd"] / mine(c) if c.ms.get("fla fwd+bwd") and mine(c) else None, c)
+                 for c in all_cases], min)
+    floor = worst([(mine(c) / (c.floor_bytes(True) / bandwidth * 1e3) if mine(c) else None, c)
+                   for c in all_cases if c.model == "DiG-XL/2" and c.T >= 4096], max)
+    sdpa = worst([(best_sdpa(c.ms, "fwd+bwd") / mine(c) if best_sdpa(c.ms, "fwd+bwd") and mine(c) else None, c)
+                  for c in all_cases if c.T >= 1024], min)
+    memory = worst([(c.extra_memory.get("ours"), c) for c in all_cases], max)
+    step = (f"{model_ms['DiT-S/2'] / model_ms['DiG-S/2']:.2f}x (DiG-S/2 {model_ms['DiG-S/2']:.1f} ms, "
+            f"DiT-S/2 {model_ms['DiT-S/2']:.1f} ms)" if model_ms.get("DiG-S/2") and model_ms.get("DiT-S/2")
+            else "not measured")
+    return "\n".join([
+        "| target | this run (worst case) |", "|---|---|",
+        f"| fwd+bwd >= 5x faster than fla at every shape | {named(*fla)} |",
+        f"| DiG-XL/2 T >= 4096: <= 2.5x the memory floor | {named(*floor)} |",
+        f"| faster than the best SDPA at T >= 1024 | {named(*sdpa)} |",
+        f"| compiled DiG-S/2 step >= 2.5x DiT-S/2 at 1792 px | {step} |",
+        f"| peak extra memory of fwd+bwd <= 1x the inputs | {named(*memory)} |"])
+
+
 def versions() -> str:
-    import importlib.metadata as md
-    fla = next((v for v in (_version(md, "flash-linear-attention"), _version(md, "fla-core")) if v), "not installed")
-    return f"torch {torch.__version__}, triton {triton.__version__}, flash-linear-attention {fla}"
+    found = []
+    for name in ("flash-linear-attention", "fla-core"):
+        try:
+            found.append(importlib.metadata.version(name))
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return f"torch {torch.__version__}, triton {triton.__version__}, flash-linear-attention " + (
+        found[0] if found else "not installed")
 
 
-def _version(md, name):
-    try:
-        return md.version(name)
-    except md.PackageNotFoundError:
-        return None
+def write_report(out: Path, card: str, bandwidth: float, notes: list[str], done: list[Case], model_ms: dict) -> str:
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    summary = targets(done, bandwidth, model_ms)
+    report = (f"# GLA kernels at DiG shapes on {card}\n\n{date}; {versions()}; copy bandwidth "
+              f"{bandwidth / 1e12:.2f} TB/s (read + write). How it is measured: bench/gla.py's docstring.\n\n"
+              + "".join(f"- {n}\n" for n in notes) + "\n## Targets\n\n" + summary + "\n"
+              + detailed_tables(done, bandwidth) + "\n")
+    stem = "gla_" + re.sub(r"[^0-9A-Za-z]+", "_", card).strip("_").lower()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.md").write_text(report)
+    (out / f"{stem}.json").write_text(json.dumps({"cases": [vars(c) for c in done], "model_step_ms": model_ms,
+                                                  "copy_bandwidth": bandwidth, "notes": notes}, indent=1))
+    return summary
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sweep", action="store_true", help="pick our launch settings first")
-    parser.add_argument("--profile", action="store_true", help="add a per-kernel breakdown")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["fla", "sdpa"], help="contenders to leave out")
-    parser.add_argument("--cold-compile", action="store_true", help="time a cold compile of the DiG variants")
-    parser.add_argument("--launch-file", type=Path, help="where --sweep saves its choice, and runs load it from")
-    parser.add_argument("--profile-step", action="store_true", help="only run two fwd+bwd steps (for ncu)")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["fla", "sdpa", "model-step"],
+                        help="contenders / parts to leave out")
+    parser.add_argument("--ncu", action="store_true", help="print the Nsight Compute command for our kernels")
+    parser.add_argument("--ncu-target", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
-    if args.launch_file and args.launch_file.exists() and not args.sweep:
-        apply_launch(json.loads(args.launch_file.read_text()))
-    if args.profile_step:
-        inputs = gla_inputs(Case("DiG-XL/2", 16, 4096), grad=True)
-        step = fwd_bwd(lambda *x: chunk_gla(*x, backend="triton"), inputs, torch.randn_like(inputs[2]))
-        step(), step()
-        torch.cuda.synchronize()
+    if args.ncu:
+        print(NCU_COMMAND.format(kernels="|".join(OUR_KERNELS)))
         return
+    if args.ncu_target:
+        return profile_for_ncu()
     card = torch.cuda.get_device_name()
     print(f"{card}; {versions()}", flush=True)
     bandwidth = copy_bandwidth()
     print(f"copy bandwidth {bandwidth / 1e12:.2f} TB/s", flush=True)
-    notes = []
-    if args.cold_compile:
-        notes.append(f"cold compile (empty Triton cache) of the fused bf16 fwd+bwd for DiG-S/B/L/XL head counts, "
-                     f"with and without segments: {cold_compile_seconds():.1f} s")
-        print(notes[-1], flush=True)
-    if args.sweep:
-        chosen = sweep([Case("DiG-XL/2", 16, 4096), Case("DiG-S/2", 1, 16384), Case("DiG-S/2", 64, 1024)])
-        if args.launch_file:
-            args.launch_file.write_text(json.dumps(chosen))
-    notes.append("our launch settings: " + json.dumps({
-        "forward": triton_forward.FORWARD_LAUNCH, "backward": triton_backward.BACKWARD_LAUNCH,
-        "programs_per_sm": triton_segments.PROGRAMS_PER_SM}) + (" (from the sweep)" if args.sweep else ""))
-    print(notes[-1], flush=True)
+    start = time.time()
+    inputs = gla_inputs(Case("DiG-S/2", 1, 1024), grad=True)
+    fwd_bwd(ours, inputs, torch.randn_like(inputs[2]))()
+    torch.cuda.synchronize()
+    notes = [f"first fwd+bwd of ours (compiles its kernels; {time.time() - start:.0f} s with a cold Triton cache)"]
     fla_chunk_gla = None
     if "fla" not in args.skip:
         try:
@@ -318,43 +312,31 @@ def main() -> None:
             notes.append(f"fla not importable ({e}); its columns are empty")
     if fla_chunk_gla is not None:
         start = time.time()
-        notes.append(f"ours vs fla output, DiG-S/2 B=2 T=1024 bf16: relative difference "
-                     f"{check_against_fla(fla_chunk_gla):.2e} (first fla call incl. autotuning: "
-                     f"{time.time() - start:.0f} s)")
-        print(notes[-1], flush=True)
-    card_name = re.sub(r"[^0-9A-Za-z]+", "_", card).strip("_").lower()
-    args.out.mkdir(parents=True, exist_ok=True)
+        difference = difference_from_fla(fla_chunk_gla)
+        notes.append(f"ours vs fla output, DiG-S/2 B=2 T=1024 bf16: relative difference {difference:.2e} "
+                     f"(fla's first call, autotuning: {time.time() - start:.0f} s)")
+    print("\n".join(notes), flush=True)
     all_cases = cases()
+    model_ms = {}
     for i, c in enumerate(all_cases):
         print(f"{c.model} B={c.B} T={c.T}", flush=True)
         run_ours(c)
         if "sdpa" not in args.skip:
             run_sdpa(c)
         if fla_chunk_gla is not None:
-            run_fla(c, fla_chunk_gla)
+            run_gla(c, "fla", lambda *x: fla_chunk_gla(*x)[0])
         print("  " + ", ".join(f"{k} {fmt(v)}" for k, v in c.ms.items()), flush=True)
         torch.cuda.empty_cache()
-        if i + 1 < len(all_cases):  # a partial report survives a run cut short
-            write_report(args.out, card, card_name, bandwidth, notes, all_cases[: i + 1], "")
-    notes += kernel_resources()
-    extra = ""
-    if args.profile:
-        extra = "".join(f"\n### CUDA time by kernel, 10 x fwd+bwd, {c.model} B={c.B} T={c.T}\n```\n{profile(c)}\n```\n"
-                        for c in (Case("DiG-XL/2", 16, 4096), Case("DiG-S/2", 1, 16384)))
-    print(write_report(args.out, card, card_name, bandwidth, notes, all_cases, extra))
+        write_report(args.out, card, bandwidth, notes, all_cases[: i + 1], model_ms)  # survives a run cut short
+    if "model-step" not in args.skip:
+        for name in ("DiG-S/2", "DiT-S/2"):
+            start = time.time()
+            model_ms[name] = model_step_ms(name)
+            print(f"{name} compiled step at 1792 px, batch 2: {fmt(model_ms[name])} ms "
+                  f"(compile and timing {time.time() - start:.0f} s)", flush=True)
+            torch.cuda.empty_cache()
+    print(write_report(args.out, card, bandwidth, notes, all_cases, model_ms))
 
-
-def write_report(out: Path, card: str, card_name: str, bandwidth: float, notes: list[str], done: list[Case],
-                 extra: str) -> str:
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    report = (f"# GLA kernels at DiG shapes on {card}\n\n{date}; {versions()}; copy bandwidth "
-              f"{bandwidth / 1e12:.2f} TB/s (read + write). Medians of CUDA-event timings (triton do_bench, "
-              f"L2 flushed); bf16 q/k/v, fp32 log-space gates; GLA dk={DK}, dv={DV}; SDPA non-causal with "
-              f"{DIT_HEAD}-dim heads over the same width. floor = bytes that must move / copy bandwidth.\n\n"
-              + "".join(f"- {n}\n" for n in notes) + tables(done, bandwidth) + "\n" + extra)
-    (out / f"gla_{card_name}.md").write_text(report)
-    (out / f"gla_{card_name}.json").write_text(json.dumps([vars(c) for c in done], indent=1))
-    return report
 
 if __name__ == "__main__":
     main()

@@ -44,7 +44,6 @@ sys.path.insert(0, str(ROOT))
 from dig_scale.diffusion import create_diffusion  # noqa: E402
 from dig_scale.models import create_model  # noqa: E402
 from dig_scale.train.compile import compile_blocks  # noqa: E402
-from dig_scale.train.flops import forward_flops_per_image  # noqa: E402
 
 SIZES = {"XL": {256: 32, 512: 16, 1024: 4, 2048: 1}, "S": {256: 64, 512: 32, 1024: 8, 1792: 2, 2048: 1}}
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -149,10 +148,11 @@ def build(contender: str, size: str, res: int) -> torch.nn.Module:
 
 
 def flops_per_image(size: str, res: int, contender: str) -> int:
+    """Training FLOPs per image (3x the forward's matmuls); built on the benchmark's device so the
+    GLA chunk length is the one that runs there."""
     family = "DiT" if contender.startswith("dit") else "DiG"  # the reference has DiG's matmuls
-    with torch.device("meta"):
-        model = create_model(f"{family}-{size}/2", input_size=res // 8, **SMOKE)
-    return 3 * forward_flops_per_image(model)
+    with torch.device(DEVICE):
+        return 3 * create_model(f"{family}-{size}/2", input_size=res // 8, **SMOKE).flops_per_image()
 
 
 def profile_kernels(step, steps: int = 2) -> dict:
@@ -294,23 +294,20 @@ def bench_memory(size: str) -> None:
 
 def write_synthetic_latents(path: Path, num_samples: int, latent: int) -> None:
     """Random posteriors in encode.py's schema (mean ~ N(0, 1), std ~ U(0.01, 0.1))."""
-    from streaming import MDSWriter
-
-    from dig_scale.data.schema import MDS_COMPRESSION, METADATA_FILENAME, DatasetMetadata, mds_columns, tool_info
+    from dig_scale.data.mds_writer import write_mds_dataset
+    from dig_scale.data.schema import DatasetMetadata, tool_info, utc_timestamp
 
     shape = (4, latent, latent)
     rng = np.random.default_rng(0)
-    with MDSWriter(out=str(path), columns=mds_columns("latent", shape), compression=MDS_COMPRESSION) as writer:
-        for i in range(num_samples):
-            writer.write({"mean": rng.standard_normal((2, *shape)).astype(np.float16),
-                          "std": rng.uniform(0.01, 0.1, (2, *shape)).astype(np.float16),
-                          "label": i % 1000, "key": f"synthetic/{i}"})
+    samples = ({"mean": rng.standard_normal((2, *shape)).astype(np.float16),
+                "std": rng.uniform(0.01, 0.1, (2, *shape)).astype(np.float16), "label": i % 1000,
+                "key": f"synthetic/{i}"} for i in range(num_samples))
     meta = DatasetMetadata(
         kind="latent", sample_shape=shape, resolution=8 * latent, num_samples=num_samples, num_classes=1000,
         class_counts=np.bincount(np.arange(num_samples) % 1000, minlength=1000).tolist(), class_names=None,
         vae="synthetic", scaling_factor=0.18215, shift_factor=0.0, latent_mean=[0.0] * 4, latent_std=[1.0] * 4,
-        preprocessing={}, source={"type": "synthetic"}, tool=tool_info("bench/train_step.py"), created="")
-    (path / METADATA_FILENAME).write_text(meta.to_json())
+        preprocessing={}, source={"type": "synthetic"}, tool=tool_info("bench/train_step.py"), created=utc_timestamp())
+    write_mds_dataset(str(path), meta, samples)
 
 
 def trainer_overrides(scratch: Path, name: str, data: Path, batch: int, steps: int, *extra: str) -> list[str]:

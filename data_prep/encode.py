@@ -3,7 +3,8 @@
     python data_prep/encode.py --input /data/imagenet/train --output s3://bucket/in1k-256 \\
         --resolution 256 --vae stabilityai/sd-vae-ft-ema
     python data_prep/encode.py --input 'shards/in1k-{000000..001023}.tar' --output /data/in1k-512-mds --resolution 512
-    torchrun --nproc_per_node 8 data_prep/encode.py ...   # each rank encodes every 8th part
+    torchrun --nproc_per_node 8 data_prep/encode.py ...   # each rank encodes every 8th part (srun works too)
+    python -m data_prep.encode ...                         # the same, as an installed module
     python data_prep/encode.py --demo                      # the built-in digits dataset, pixel space
 
 The input is cut into parts (ImageFolder: --part-size images; tars: one shard each). Each part
@@ -16,22 +17,19 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from data_prep.errors import EncodeError  # noqa: E402
-from data_prep.merge import merge_dataset  # noqa: E402
-from data_prep.output_store import OutputStore  # noqa: E402
-from data_prep.pipeline import LoopReport, encode_parts  # noqa: E402
-from data_prep.plan import claim_plan, finished_parts, make_plan  # noqa: E402
-from data_prep.sources import DEFAULT_IMAGE_KEYS, ImageFolderSource, open_source  # noqa: E402
-from data_prep.vae_encoder import PixelEncoder, PosteriorEncoder, vae_layout  # noqa: E402
-from dig_scale.data.demo import DEMO_DEFAULT_RESOLUTION, default_demo_path, ensure_demo_dataset  # noqa: E402
-from dig_scale.data.schema import DatasetMetadata, mds_columns  # noqa: E402
+from data_prep.errors import EncodeError
+from data_prep.merge import merge_dataset
+from data_prep.output_store import OutputStore
+from data_prep.pipeline import LoopReport, encode_parts
+from data_prep.plan import claim_plan, finished_parts, make_plan
+from data_prep.sources import DEFAULT_IMAGE_KEYS, ImageFolderSource, open_source
+from data_prep.vae_encoder import PixelEncoder, PosteriorEncoder, vae_layout
+from dig_scale.data.demo import DEMO_DEFAULT_RESOLUTION, default_demo_path, ensure_demo_dataset
+from dig_scale.data.schema import DatasetMetadata, mds_columns
+from dig_scale.launch_env import LaunchEnvError, detect_place
 
 DEFAULT_VAE = "stabilityai/sd-vae-ft-ema"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -95,13 +93,6 @@ def preprocessing(resolution: int) -> dict:
             "flip": "latents of the image and of its horizontal flip are both stored"}
 
 
-def _distributed() -> tuple[int, int, int, int]:
-    """(rank, world size, local rank, local world size) from torchrun's environment variables."""
-    env = os.environ
-    world = int(env.get("WORLD_SIZE", 1))
-    return int(env.get("RANK", 0)), world, int(env.get("LOCAL_RANK", 0)), int(env.get("LOCAL_WORLD_SIZE", world))
-
-
 def _cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
@@ -113,7 +104,8 @@ def default_num_workers(local_world: int) -> int:
 
 def run(args: argparse.Namespace) -> tuple[DatasetMetadata | None, LoopReport | None]:
     """Encode per `args`; returns the metadata if this rank finished the dataset, and this rank's loop report."""
-    rank, world, local_rank, local_world = _distributed()
+    place = detect_place()
+    rank, world, local_rank, local_world = place.rank, place.world_size, place.local_rank, place.local_world_size
     if args.demo:
         path = args.output or default_demo_path(args.resolution)
         if args.dry_run:
@@ -196,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         run(args)
-    except EncodeError as e:
+    except (EncodeError, LaunchEnvError) as e:
         print(f"encode.py: error: {e}", file=sys.stderr)
         return 2
     return 0

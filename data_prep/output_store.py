@@ -10,6 +10,7 @@ import os
 import shutil
 import tempfile
 
+from dig_scale.atomic_file import write_text_atomically
 from dig_scale.data.storage import default_cache_dir, is_remote, join, read_text
 
 
@@ -47,10 +48,7 @@ class OutputStore:
         if not self.staged:
             path = os.path.join(self.root, *name.split("/"))
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-            os.replace(tmp, path)
+            write_text_atomically(path, text)
             return
         from streaming.base.storage import CloudUploader
 

@@ -104,21 +104,17 @@ class PosteriorEncoder:
         # low_cpu_mem_usage needs `accelerate`; a VAE is small enough to load plainly.
         vae = AutoencoderKL.from_pretrained(os.path.expanduser(layout.vae), subfolder=subfolder, torch_dtype=dtype,
                                             low_cpu_mem_usage=False)
-        # NCHW: on an H100 the SD-VAE encoder runs 36-43% faster than in channels-last (its
-        # GroupNorms dominate; bench/results/encode_h100.md measures both).
-        self.channels_last = False
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # batch shapes repeat: pick the fastest conv algorithms once
-        self.vae = vae.to(device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
-        self.vae.eval().requires_grad_(False)
+        # NCHW: on an H100 the SD-VAE encoder runs 36-43% faster than in channels-last (its
+        # GroupNorms dominate; bench/results/encode_h100.md measures both).
+        self.vae = vae.to(device).eval().requires_grad_(False)
 
     @torch.inference_mode()
     def posterior(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, R, R) on any device -> float32 (B, 2, 2, C, h, w): [image, flip] x [mean, std]."""
         x = images.to(self.device, non_blocking=True).to(torch.float32).div_(127.5).sub_(1.0).to(self.dtype)
         x = torch.cat([x, x.flip(-1)])
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
         moments = self.vae.encode(x).latent_dist.parameters.float()  # (2B, 2C, h, w): mean | logvar
         mean, logvar = moments.chunk(2, dim=1)
         std = torch.exp(0.5 * logvar.clamp(*LOGVAR_RANGE))

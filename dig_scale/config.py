@@ -33,13 +33,13 @@ class ModelConfig:
     learn_sigma: bool = True
     class_dropout_prob: float = 0.1            # label dropout for classifier-free guidance
     skip: bool = False                         # DiG U-shape variant (long skips)
-    gla_backend: str = "auto"                  # auto | torch | triton
-    activation_checkpointing: str = "none"     # none | all | every:K | first:N
+    gla_backend: Literal["auto", "torch", "triton"] = "auto"  # auto: triton on CUDA, torch elsewhere
+    activation_checkpointing: str = "none"     # none | all | every:K | first:N (blocks recomputed in backward)
     arch: dict[str, Any] = field(default_factory=dict)  # any other constructor argument (depth, hidden_size, ...)
 
     def check(self) -> None:
         from dig_scale.models import constructor_arguments
-        from dig_scale.models.checkpointing import blocks_to_checkpoint
+        from dig_scale.train.activation_checkpointing import POLICIES, blocks_to_checkpoint
 
         try:
             accepted = constructor_arguments(self.name)
@@ -59,14 +59,14 @@ class ModelConfig:
         _require(self.num_classes >= 0, "model.num_classes", self.num_classes, "a count >= 0")
         try:
             blocks_to_checkpoint(self.activation_checkpointing, 1)
-        except ValueError as e:
-            raise ConfigError(f"model.activation_checkpointing: {e}") from None
+        except ValueError:
+            raise ConfigError(f"model.activation_checkpointing: {self.activation_checkpointing!r} is not one of "
+                              f"{POLICIES} (K, N positive integers)") from None
 
 
 @dataclass
 class DiffusionConfig:
-    num_timesteps: int = 1000
-    beta_schedule: Literal["linear"] = "linear"
+    num_timesteps: int = 1000      # the linear beta schedule of DDPM/DiT over this many steps
 
 
 @dataclass
@@ -124,11 +124,14 @@ class CheckpointConfig:
     keep_last: int = 2             # most recent checkpoints kept
     keep_every: int = 50_000       # also keep every checkpoint at a multiple of this step (0: none)
     final: bool = True             # checkpoint when max_steps is reached
-    resume: str = "auto"           # auto (latest in the run dir, if any) | never | path to a checkpoint
+    resume: str = "auto"           # auto (the newest complete checkpoint of this run, if any) | never |
+                                   # one of this run's checkpoints, by tag (step-0005000) or path
 
     def check(self) -> None:
         _require(self.every_steps >= 0, "checkpoint.every_steps", self.every_steps, ">= 0 (0: never)")
         _require(self.keep_last >= 1, "checkpoint.keep_last", self.keep_last, ">= 1")
+        _require(bool(self.resume.strip()), "checkpoint.resume", self.resume,
+                 "auto, never, or a checkpoint of this run (tag or path)")
 
 
 @dataclass
@@ -179,7 +182,7 @@ def _did_you_mean(key: str, choices: list[str], prefix: str = "") -> str:
 
 def _type_name(tp: Any) -> str:
     if typing.get_origin(tp) is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+        return "one of " + "|".join(str(a) for a in typing.get_args(tp))
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if typing.get_origin(tp) in (tuple, list, dict):
@@ -212,7 +215,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is Literal:
         if value in args:
             return value
-        raise wrong
+        raise ConfigError(f"{key}: {value!r} is not {_type_name(tp)}")
     if tp is bool:
         if isinstance(value, bool):
             return value

@@ -149,7 +149,8 @@ def write_npz(args: argparse.Namespace, job: Job, rank: int, world_size: int) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dig_scale.train.distributed import detect_place, init_distributed
+    from dig_scale.launch_env import detect_place
+    from dig_scale.train.distributed import init_distributed
 
     args = parse_args(argv)
     place = detect_place()

@@ -2,9 +2,10 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
-# Test helpers (gla_reference.py) import as top-level modules.
+# Test helpers (gla_testing.py, ...) import as top-level modules.
 sys.path.insert(0, str(Path(__file__).parent))
 
 # Without a GPU, Triton kernels run through Triton's interpreter on CPU tensors (tests/test_gla_triton.py).
@@ -12,3 +13,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 # it changes nothing else: on CPU every GLA caller still gets the torch backend unless it asks for "triton".
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(tmp_path_factory):
+    """A 2-rank, bf16 training run of 6 steps with checkpoints at 3 and 6, recording the sample
+    indices of every step: the reference that resumed and damaged runs are compared with."""
+    from engine_runs import assert_ok, launch, write_config
+
+    directory = tmp_path_factory.mktemp("uninterrupted")
+    config = write_config(directory)
+    assert_ok(launch(config, harness=("--record", str(directory / "record"))))
+    return config, directory / "record"

@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 import yaml
 
+from dig_scale.checkpoint import read_ema_state_dict
+
 ROOT = Path(__file__).parent.parent
 HARNESS = Path(__file__).parent / "train_harness.py"
 
@@ -66,9 +68,8 @@ def losses(config: Path) -> dict[int, float]:
 def final_weights(config: Path, step: int) -> tuple[dict, dict]:
     """(model weights, EMA weights) saved in the checkpoint of `step`."""
     path = run_dir(config) / "checkpoints" / f"step-{step:07d}"
-    model = torch.load(path / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
-    ema = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)["ema"]
-    return model, ema
+    model = torch.load(path / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)["module"]
+    return model, read_ema_state_dict(path)
 
 
 def recorded_indices(record: Path) -> dict[int, list[int]]:
@@ -83,3 +84,14 @@ def recorded_indices(record: Path) -> dict[int, list[int]]:
 def assert_ok(result: subprocess.CompletedProcess, code: int = 0) -> None:
     assert result.returncode == code, \
         f"exit {result.returncode}, expected {code}\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+
+
+def assert_refused(result: subprocess.CompletedProcess, *messages: str) -> None:
+    """The run stopped with a clear error saying each of `messages` (exit 2 on every rank;
+    torchrun itself then exits 1 with a report of its own) and no traceback through our code."""
+    assert result.returncode != 0, result.stderr[-3000:]
+    assert "error: " in result.stderr, result.stderr[-3000:]
+    ours = [line for line in result.stderr.splitlines() if line.lstrip().startswith('File "') and "/dig_scale/" in line]
+    assert not ours, result.stderr[-6000:]
+    for message in messages:
+        assert message in result.stderr, result.stderr[-3000:]

@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from gla_reference import recurrent_gla
 
 from dig_scale.models.layers import FinalLayer, LabelEmbedder, PatchEmbed, TimestepEmbedder, modulate
+from kernels.gla.naive import recurrent_gla
 
 
 class RefGLA(nn.Module):

@@ -1,7 +1,9 @@
 """The built-in demo: scikit-learn's digits, upsampled, in pixel space; written once, read by the trainer."""
 from __future__ import annotations
 
-import time
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,24 +12,19 @@ from data_fixtures import read_raw_samples
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from data_prep.encode import main
 from dig_scale.data import DEMO_DEFAULT_RESOLUTION, METADATA_FILENAME, LatentDataset, ensure_demo_dataset, read_metadata
+
+ROOT = Path(__file__).parent.parent
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     path = tmp_path_factory.mktemp("demo") / "digits"
-    start = time.perf_counter()
-    returned = ensure_demo_dataset(str(path))
-    return {"path": path, "returned": returned, "seconds": time.perf_counter() - start}
-
-
-def test_demo_encodes_on_cpu_well_under_a_minute(demo):
-    assert demo["returned"] == str(demo["path"])
-    assert demo["seconds"] < 60, f"demo took {demo['seconds']:.1f} s"
+    return {"path": path, "returned": ensure_demo_dataset(str(path))}
 
 
 def test_demo_holds_every_digit_upsampled(demo):
+    assert demo["returned"] == str(demo["path"])
     digits = load_digits()
     samples = read_raw_samples(demo["path"])
     assert len(samples) == len(digits.target) == 1797
@@ -75,7 +72,14 @@ def test_existing_demo_is_reused_and_unfinished_one_rewritten(demo, tmp_path):
         ensure_demo_dataset(str(tmp_path / "foreign"))
 
 
-def test_encode_demo_command(tmp_path, capsys):
-    assert main(["--demo", "--output", str(tmp_path / "d"), "--resolution", "8"]) == 0
-    assert str(tmp_path / "d") in capsys.readouterr().out
-    assert read_metadata(str(tmp_path / "d")).num_samples == 1797
+@pytest.mark.parametrize("command", [[str(ROOT / "data_prep" / "encode.py")], ["-m", "data_prep.encode"]],
+                         ids=["script", "module"])
+def test_encode_runs_as_the_readme_script_and_as_an_installed_module(tmp_path, command):
+    """From an unrelated directory: data_prep is importable because it is installed, not because
+    the repository happens to be the working directory."""
+    result = subprocess.run([sys.executable, *command, "--demo", "--output", str(tmp_path / "d"), "--resolution", "8"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    meta = read_metadata(str(tmp_path / "d"))
+    assert (meta.num_samples, meta.resolution, meta.source["type"]) == (1797, 8, "sklearn-digits")
+    assert len(read_raw_samples(tmp_path / "d")) == 1797

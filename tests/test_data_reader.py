@@ -1,7 +1,7 @@
 """LatentDataset: training samples drawn from stored posteriors, with noise and flips that depend
 only on (seed, sample index, epoch) — across workers, epochs, mid-epoch resume and rank counts.
 
-The dataset here is written directly with MDSWriter (not by encode.py): sample i stores mean i
+The dataset here is written with write_mds_dataset (not by encode.py): sample i stores mean i
 for the image, i + 0.5 for its flip, and std 2**-7, so a drawn x reveals its flip and its eps.
 """
 from __future__ import annotations
@@ -14,16 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from streaming import MDSWriter, StreamingDataLoader
+from streaming import StreamingDataLoader
 
-from dig_scale.data import (
-    METADATA_FILENAME,
-    DatasetMetadata,
-    LatentDataset,
-    mds_columns,
-    read_metadata,
-    sample_generator,
-)
+from dig_scale.data import DatasetMetadata, LatentDataset, read_metadata, sample_generator
+from dig_scale.data.mds_writer import write_mds_dataset
 
 N, SHAPE, SCALE, STD = 48, (4, 4, 4), 0.5, 2.0**-7
 
@@ -31,16 +25,14 @@ N, SHAPE, SCALE, STD = 48, (4, 4, 4), 0.5, 2.0**-7
 @pytest.fixture(scope="module")
 def dataset_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("latents") / "ds"
-    with MDSWriter(out=str(path), columns=mds_columns("latent", SHAPE), compression="zstd", size_limit=4096) as w:
-        for i in range(N):
-            mean = np.stack([np.full(SHAPE, i), np.full(SHAPE, i + 0.5)]).astype(np.float16)
-            w.write({"mean": mean, "std": np.full((2, *SHAPE), STD, np.float16), "label": np.int64(i % 3),
-                     "key": f"sample{i}"})
     meta = DatasetMetadata(kind="latent", sample_shape=SHAPE, resolution=32, num_samples=N, num_classes=3,
                            class_counts=[N // 3] * 3, class_names=None, vae="test", scaling_factor=SCALE,
                            shift_factor=0.0, latent_mean=[0.0] * 4, latent_std=[1.0] * 4, preprocessing={},
                            source={"type": "test"})
-    (path / METADATA_FILENAME).write_text(meta.to_json())
+    samples = ({"mean": np.stack([np.full(SHAPE, i), np.full(SHAPE, i + 0.5)]).astype(np.float16),
+                "std": np.full((2, *SHAPE), STD, np.float16), "label": np.int64(i % 3), "key": f"sample{i}"}
+               for i in range(N))
+    write_mds_dataset(str(path), meta, samples, size_limit=4096)
     return path
 
 
@@ -160,6 +152,6 @@ def test_two_ranks_draw_what_one_rank_draws(dataset_dir, tmp_path):
 
 def test_metadata_reads_without_the_dataset_and_missing_data_is_named(dataset_dir, tmp_path):
     meta = read_metadata(str(dataset_dir))
-    assert meta.latent_size == SHAPE[1:] and meta.channels == 4 and meta.scaling_factor == SCALE
+    assert meta.sample_shape == SHAPE and meta.num_samples == N and meta.scaling_factor == SCALE
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "nothing")):
         read_metadata(str(tmp_path / "nothing"))

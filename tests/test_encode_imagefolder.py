@@ -134,7 +134,8 @@ def test_limit_takes_inputs_from_every_class(inputs, tmp_path):
 def test_dry_run_writes_nothing(inputs, tmp_path, capsys):
     assert encode(inputs, tmp_path / "ds", "--dry-run") == 0
     assert not (tmp_path / "ds").exists()
-    assert "parts" in capsys.readouterr().out
+    out = capsys.readouterr().out  # the plan: 11 files (3 classes) in parts of 3 (the encode helper's --part-size)
+    assert "(11 files, 3 classes)" in out and "4 parts, 0 finished, 4 to encode by rank 0/1" in out
 
 
 def test_pixel_output_is_the_preprocessed_image(inputs, tmp_path):

@@ -8,13 +8,13 @@ import subprocess
 import sys
 import time
 
-import pytest
 import torch
 from engine_runs import (
     HARNESS,
     ROOT,
     TINY,
     assert_ok,
+    assert_refused,
     final_weights,
     launch,
     losses,
@@ -23,16 +23,8 @@ from engine_runs import (
     write_config,
 )
 
+from dig_scale.checkpoint import read_ema_state_dict
 from dig_scale.train.preemption import REQUEUE_EXIT_CODE
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    """A 2-rank, bf16 run of 6 steps with checkpoints at 3 and 6, recording sample indices."""
-    directory = tmp_path_factory.mktemp("uninterrupted")
-    config = write_config(directory)
-    assert_ok(launch(config, harness=("--record", str(directory / "record"))))
-    return config, directory / "record"
 
 
 def test_loss_goes_down_on_the_demo_data(tmp_path):
@@ -74,20 +66,19 @@ def test_resume_on_one_rank_from_a_two_rank_checkpoint(tmp_path, uninterrupted):
     config = write_config(tmp_path)
     checkpoints = run_dir(config) / "checkpoints"
     shutil.rmtree(checkpoints / "step-0000006")
-    (checkpoints / "latest").write_text("step-0000003")
-    saved = torch.load(checkpoints / "step-0000003" / "trainer_state.pt", weights_only=False)
+    saved = read_ema_state_dict(checkpoints / "step-0000003")
 
     # Step 0 of the resumed world: state as restored (universal checkpoint conversion).
     dump = tmp_path / "restored.pt"
     assert_ok(launch(config, "train.max_steps=3", nproc=1, harness=("--dump-state", str(dump))))
-    restored = torch.load(dump, weights_only=False)
+    restored = torch.load(dump, weights_only=True)
     assert restored["step"] == 3
-    assert all(torch.equal(restored["ema"][k], v) for k, v in saved["ema"].items())
+    assert all(torch.equal(restored["ema"][k], v) for k, v in saved.items())
     universal = checkpoints / "step-0000003-universal" / "zero"
     for name, value in restored["fp32"].items():
-        assert torch.equal(value, torch.load(universal / name / "fp32.pt", weights_only=False)["param"]), name
+        assert torch.equal(value, torch.load(universal / name / "fp32.pt", weights_only=True)["param"]), name
         assert torch.equal(restored["exp_avg"][name],
-                           torch.load(universal / name / "exp_avg.pt", weights_only=False)["param"]), name
+                           torch.load(universal / name / "exp_avg.pt", weights_only=True)["param"]), name
 
     # Continue on one rank: the stream goes on with exactly the samples the 2-rank run would have seen.
     resumed_record = tmp_path / "record"
@@ -99,7 +90,7 @@ def test_resume_on_one_rank_from_a_two_rank_checkpoint(tmp_path, uninterrupted):
     assert sorted(seen) == sorted(i for s in range(1, 7) for i in two_ranks[s])
 
 
-def test_sigusr1_checkpoints_at_the_next_step_and_asks_for_requeue(tmp_path):
+def test_sigusr1_checkpoints_at_the_next_step_and_asks_for_requeue_and_a_second_job_is_refused(tmp_path):
     config = write_config(tmp_path, train={"max_steps": 100_000}, checkpoint={"every_steps": 100_000},
                           logging={"every_steps": 1, "wandb": "offline"})
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -110,6 +101,10 @@ def test_sigusr1_checkpoints_at_the_next_step_and_asks_for_requeue(tmp_path):
     while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 3):
         assert process.poll() is None and time.time() < deadline, process.stdout.read()
         time.sleep(0.2)
+    # One job per run directory: the same command again is refused while this one runs.
+    second = launch(config, nproc=1)
+    assert second.returncode == 2
+    assert_refused(second, f"is in use by another job: pid {process.pid} on ")
     process.send_signal(signal.SIGUSR1)
     output, _ = process.communicate(timeout=300)
     assert process.returncode == REQUEUE_EXIT_CODE, output
@@ -141,10 +136,15 @@ def test_activation_checkpointing_does_not_change_the_losses(tmp_path):
     assert losses(plain) == losses(ckpt)
 
 
-def test_relaunch_with_a_different_model_is_refused(tmp_path, uninterrupted):
+def test_relaunch_with_a_different_model_is_refused_even_with_the_config_record_lost(tmp_path, uninterrupted):
     reference, _ = uninterrupted
     config = write_config(tmp_path)
     shutil.copytree(run_dir(reference), run_dir(config))
     result = launch(config, "model.arch.depth=3", nproc=1)
     assert result.returncode == 2
-    assert "model.arch.depth: <unset> -> 3" in result.stderr or "model.arch.depth: 2 -> 3" in result.stderr
+    assert_refused(result, "model.arch.depth: 2 -> 3", "config.yaml")
+    (run_dir(config) / "config.yaml").unlink()  # lost: the checkpoint's config still guards the run
+    result = launch(config, "model.arch.depth=3", nproc=1)
+    assert result.returncode == 2
+    assert_refused(result, "model.arch.depth: 2 -> 3", "per its checkpoint")
+    assert not (run_dir(config) / "config.yaml").exists()  # never rewritten from the changed config

@@ -1,5 +1,5 @@
-"""Engine pieces that need no process group: launcher env translation, batch arithmetic, the
-DeepSpeed config, EMA math, checkpoint retention, signal handling, the console line."""
+"""Engine pieces that need no process group: batch arithmetic, the DeepSpeed config, EMA math,
+signal handling, the console line, library notices."""
 import signal
 import subprocess
 import sys
@@ -10,26 +10,11 @@ import pytest
 import torch
 
 from dig_scale.config import ConfigError, config_from_dict
-from dig_scale.train.checkpoint import LATEST, TRAINER_STATE, checkpoint_tag, completed_tags, prune_checkpoints
 from dig_scale.train.deepspeed_config import build_deepspeed_config, deep_merge, gradient_accumulation_steps
-from dig_scale.train.distributed import detect_place
 from dig_scale.train.ema import EMA
 from dig_scale.train.metrics import format_line
 from dig_scale.train.run_dir import config_differences
 from dig_scale.train.trainer import step_seed
-
-
-@pytest.mark.parametrize("env, expected", [
-    ({"RANK": "5", "WORLD_SIZE": "16", "LOCAL_RANK": "1"}, (5, 16, 1, "torchrun")),
-    ({"SLURM_PROCID": "9", "SLURM_NTASKS": "16", "SLURM_LOCALID": "1"}, (9, 16, 1, "slurm")),
-    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}, (0, 1, 0, "single")),  # an allocation without srun tasks
-    ({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "3", "SLURM_PROCID": "0", "SLURM_NTASKS": "1"},
-     (3, 8, 3, "torchrun")),  # torchrun inside an sbatch script wins
-    ({}, (0, 1, 0, "single")),
-])
-def test_launcher_environments(env, expected):
-    place = detect_place(env)
-    assert (place.rank, place.world_size, place.local_rank, place.launcher) == expected
 
 
 def config(**train):
@@ -94,20 +79,17 @@ def test_ema_update_is_the_exponential_average_in_fp32(flat):
         torch.testing.assert_close(ema.module.get_parameter(name), expected)
 
 
-def test_retention_keeps_last_n_every_mth_and_latest(tmp_path):
-    for step in (100, 200, 300, 400, 500, 600):
-        (tmp_path / checkpoint_tag(step)).mkdir()
-        (tmp_path / checkpoint_tag(step) / TRAINER_STATE).touch()
-    (tmp_path / checkpoint_tag(700)).mkdir()  # a crashed save: no trainer state
-    (tmp_path / LATEST).write_text(checkpoint_tag(200))
-    prune_checkpoints(tmp_path, keep_last=2, keep_every=300)
-    assert completed_tags(tmp_path) == [checkpoint_tag(s) for s in (200, 300, 500, 600)]
-    assert not (tmp_path / checkpoint_tag(700)).exists()
+def test_step_randomness_depends_only_on_seed_step_and_rank():
+    def noise(seed, step, rank, drawn_before=0):
+        torch.manual_seed(123)
+        torch.randn(drawn_before)  # whatever the process drew before: a resumed run drew nothing
+        torch.manual_seed(step_seed(seed, step, rank))
+        return torch.randn(4096, dtype=torch.float64)
 
-
-def test_step_seed_is_a_pure_function_of_seed_step_rank():
-    assert step_seed(0, 5, 1) == step_seed(0, 5, 1)
-    assert len({step_seed(0, 5, 1), step_seed(0, 6, 1), step_seed(0, 5, 0), step_seed(1, 5, 1)}) == 4
+    assert torch.equal(noise(0, 5, 1), noise(0, 5, 1, drawn_before=777))
+    streams = torch.stack([noise(0, 5, 1), noise(0, 6, 1), noise(0, 5, 0), noise(1, 5, 1)])
+    correlation = torch.corrcoef(streams) - torch.eye(4, dtype=torch.float64)
+    assert correlation.abs().max() < 0.1  # other steps, ranks and seeds draw unrelated noise (|r| ~ 0.016)
 
 
 def test_second_signal_exits_at_once():

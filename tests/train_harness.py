@@ -23,15 +23,17 @@ from pathlib import Path
 
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before anything imports deepspeed
-
-from dig_scale.train import __main__ as entry  # noqa: E402
-from dig_scale.train import checkpoint  # noqa: E402
-from dig_scale.train.trainer import Trainer  # noqa: E402
+from dig_scale.checkpoint import checkpoint_tag
+from dig_scale.train import __main__ as entry
+from dig_scale.train.library_notices import silence_library_notices
 
 
 def main() -> int:
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before anything imports deepspeed
+    silence_library_notices()
+    from dig_scale.train.trainer import Trainer
+
     parser = argparse.ArgumentParser()
     parser.add_argument("--record", type=Path)
     parser.add_argument("--kill-after-save", type=int)
@@ -83,7 +85,7 @@ def main() -> int:
 
     def engine_save(self_engine, save_dir, tag=None, **kwargs):
         original_engine_save(self_engine, save_dir, tag=tag, **kwargs)
-        if tag == checkpoint.checkpoint_tag(args.kill_in_save or -1):
+        if tag == checkpoint_tag(args.kill_in_save or -1):
             os.kill(os.getpid(), signal.SIGKILL)
 
     Trainer.train_step, Trainer.save, Trainer.__init__ = train_step, save, init

@@ -13,16 +13,8 @@ import numpy as np
 from PIL import Image
 
 from .channel_stats import pixel_moments
-from .schema import (
-    INDEX_FILENAME,
-    MDS_COMPRESSION,
-    MDS_HASHES,
-    METADATA_FILENAME,
-    DatasetMetadata,
-    mds_columns,
-    tool_info,
-    utc_timestamp,
-)
+from .mds_writer import write_mds_dataset
+from .schema import INDEX_FILENAME, METADATA_FILENAME, DatasetMetadata, tool_info, utc_timestamp
 from .storage import read_metadata
 
 DEMO_SOURCE = "sklearn-digits"
@@ -75,14 +67,8 @@ def _remove_unfinished(path: str) -> None:
 
 
 def _write_demo(directory: str, resolution: int) -> None:
-    from streaming import MDSWriter
-
     images, labels = digit_images(resolution)
     shape = (3, resolution, resolution)
-    with MDSWriter(out=directory, columns=mds_columns("pixel", shape), compression=MDS_COMPRESSION,
-                   hashes=MDS_HASHES) as writer:
-        for i, (pixels, label) in enumerate(zip(images, labels)):
-            writer.write({"pixels": pixels, "label": label, "key": f"{DEMO_SOURCE}/{i}"})
     moments = pixel_moments(images)
     meta = DatasetMetadata(
         kind="pixel", sample_shape=shape, resolution=resolution, num_samples=len(labels),
@@ -93,8 +79,9 @@ def _write_demo(directory: str, resolution: int) -> None:
                        "to": resolution, "color": "grey replicated to RGB"},
         source={"type": DEMO_SOURCE, "description": "scikit-learn load_digits (UCI optical digits test set)"},
         tool=tool_info("dig_scale.data.demo"), created=utc_timestamp())
-    with open(os.path.join(directory, METADATA_FILENAME), "w", encoding="utf-8") as f:
-        f.write(meta.to_json())
+    samples = ({"pixels": pixels, "label": label, "key": f"{DEMO_SOURCE}/{i}"}
+               for i, (pixels, label) in enumerate(zip(images, labels)))
+    write_mds_dataset(directory, meta, samples)
 
 
 def ensure_demo_dataset(path: str | None = None, resolution: int = DEMO_DEFAULT_RESOLUTION) -> str:

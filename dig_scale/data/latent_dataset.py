@@ -22,10 +22,9 @@ from streaming import StreamingDataset
 from .sample_rng import sample_generator
 from .schema import DatasetMetadata
 from .storage import default_cache_dir, is_remote, read_metadata
+from .streaming_internals import require_epoch_hook
 
-if not hasattr(StreamingDataset, "_resume_incr_epoch"):  # the hook that tells us the epoch
-    raise ImportError("dig_scale.data needs mosaicml-streaming's StreamingDataset._resume_incr_epoch "
-                      "(present in 0.13.0, the pinned version); this streaming version lacks it")
+require_epoch_hook()
 
 
 class LatentDataset(StreamingDataset):

@@ -82,15 +82,6 @@ class DatasetMetadata:
     schema_version: int = SCHEMA_VERSION
 
     @property
-    def channels(self) -> int:
-        return self.sample_shape[0]
-
-    @property
-    def latent_size(self) -> tuple[int, int]:
-        """(H, W) of a training sample: the model's `input_size`."""
-        return self.sample_shape[1], self.sample_shape[2]
-
-    @property
     def columns(self) -> dict[str, str]:
         return mds_columns(self.kind, self.sample_shape)
 

@@ -1,8 +1,8 @@
 """Gaussian diffusion (DDPM) with DiT's objective: L_simple (MSE on eps) + L_vlb for a learned
 variance interpolated between the posterior variance and beta_t ("learned range").
 
-Coefficients are computed in float64 and used in float32 (DESIGN.md decision 7); model outputs
-are cast to float32 before any loss arithmetic.
+Coefficients are computed in float64 and used in float32; model outputs are cast to float32
+before any loss arithmetic (see ARCHITECTURE.md, "bf16 where it is safe, fp32 where it matters").
 """
 from __future__ import annotations
 

@@ -9,11 +9,16 @@ import torch.nn as nn
 from .layers import FinalLayer, LabelEmbedder, PatchEmbed, TimestepEmbedder, as_grid, sincos_pos_embed_2d, unpatchify
 
 
+def linear_flops(module: nn.Module) -> int:
+    """FLOPs of applying every nn.Linear in `module` once: 2 x in_features x out_features each."""
+    return sum(2 * m.in_features * m.out_features for m in module.modules() if isinstance(m, nn.Linear))
+
+
 class DiffusionBackbone(nn.Module, abc.ABC):
     """Latents (N, C, H, W) -> tokens (N, T, D) in raster order -> blocks -> (N, C_out, H, W).
 
-    Subclasses build `self.blocks` (each with an `adaLN_modulation`) and implement
-    `forward_blocks(tokens, c)`.
+    Subclasses build `self.blocks` (each with an `adaLN_modulation` and a
+    `token_mixing_flops(grid)`) and implement `forward_blocks(tokens, c)`.
     """
 
     def __init__(self, input_size: int | tuple[int, int], patch_size: int, in_channels: int, hidden_size: int,
@@ -36,6 +41,28 @@ class DiffusionBackbone(nn.Module, abc.ABC):
     @property
     def input_size(self) -> tuple[int, int]:
         return self.grid[0] * self.patch_size, self.grid[1] * self.patch_size
+
+    def flops_per_image(self) -> int:
+        """Forward FLOPs of one image at the built resolution: every matmul, 2 FLOPs per
+        multiply-add, nothing else (norms, activations, the label lookup are not counted).
+        With T tokens, patch p, C channels in, C_out out, width D:
+
+            once per image:  the timestep MLP and every adaLN projection (blocks and final layer)
+            per token:       patch embedding 2 C p^2 D, output projection 2 D p^2 C_out, and every
+                             other Linear of the blocks
+            per block:       its token mixing (`token_mixing_flops`: attention, GLA scan, conv)
+
+        A training step costs 3x this (backward = 2x forward); recomputation under activation
+        checkpointing is not counted, so MFU measures useful model work.
+        """
+        tokens = self.grid[0] * self.grid[1]
+        adaln = [block.adaLN_modulation for block in self.blocks] + [self.final_layer.adaLN_modulation]
+        per_image = linear_flops(self.t_embedder) + sum(linear_flops(m) for m in adaln)
+        embed = self.x_embedder.proj
+        per_token = 2 * embed.in_channels * embed.out_channels * self.patch_size**2
+        per_token += linear_flops(self.final_layer.linear)
+        per_token += sum(linear_flops(block) - linear_flops(block.adaLN_modulation) for block in self.blocks)
+        return per_image + tokens * per_token + sum(block.token_mixing_flops(self.grid) for block in self.blocks)
 
     def init_embedders_and_head(self) -> None:
         """DiT's init for the shared parts: patch conv as a Xavier linear, N(0, 0.02) label table

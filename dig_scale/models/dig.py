@@ -4,7 +4,8 @@ Follows the reference (hustvl/DiG models_dig.py, configs DiG-*/2-bid-layer-dwcon
 one change of representation: the reference flips the token sequence after every block and
 transposes the token grid after every odd block. Here tokens stay in raster order and layer l
 scans in `layer_scan_order(l)`; its depthwise conv kernel is stored pre-oriented for raster
-order (see reference_weights.py for the conversion). Same function, no copies.
+order (see reference_weights.py for the conversion). Same function, no copies (see
+ARCHITECTURE.md, "Raster-order tokens, per-layer scan order").
 """
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ import torch.nn.functional as F
 from kernels.gla import ScanOrder, scan_positions
 
 from .backbone import DiffusionBackbone
-from .checkpointing import blocks_to_checkpoint, call_block
 from .gla import GatedLinearAttention
 from .layers import init_linear_xavier, modulate
 
@@ -78,6 +78,12 @@ class DiGBlock(nn.Module):
         x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
         return depthwise_conv_tokens(x, self.dw_conv, grid)
 
+    def token_mixing_flops(self, grid: tuple[int, int]) -> int:
+        """The GLA scan (see `GatedLinearAttention.scan_flops`) and the k x k depthwise conv, 2 k^2 D per token."""
+        tokens = grid[0] * grid[1]
+        kh, kw = self.dw_conv.kernel_size
+        return self.attn.scan_flops(tokens) + 2 * tokens * kh * kw * self.dw_conv.out_channels
+
 
 class DiG(DiffusionBackbone):
     """x (N, C, H, W) latents, t (N,) timesteps, y (N,) labels -> (N, C_out, H, W)."""
@@ -97,7 +103,6 @@ class DiG(DiffusionBackbone):
         skip: bool = False,
         conv_kernel_size: int = 3,
         gla_backend: str | None = None,
-        activation_checkpointing: str = "none",
     ):
         super().__init__(input_size, patch_size, in_channels, hidden_size, class_dropout_prob, num_classes,
                          learn_sigma)
@@ -112,7 +117,6 @@ class DiG(DiffusionBackbone):
                      conv_kernel_size=conv_kernel_size, gla_backend=gla_backend)
             for layer in range(depth)
         ])
-        self.checkpointed = blocks_to_checkpoint(activation_checkpointing, depth)
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -141,7 +145,7 @@ class DiG(DiffusionBackbone):
         skips = []
         for i, block in enumerate(self.blocks):
             skip = self._aligned_skip(skips.pop(), i) if block.skip_linear is not None else None
-            x = call_block(block, i in self.checkpointed, x, c, self.grid, skip)
+            x = block(x, c, self.grid, skip)
             if self.skip and i < self.depth // 2 - 1:
                 skips.append(x)
         return x

@@ -9,7 +9,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .backbone import DiffusionBackbone
-from .checkpointing import blocks_to_checkpoint, call_block
 from .layers import init_linear_xavier, modulate
 
 
@@ -51,6 +50,11 @@ class DiTBlock(nn.Module):
         x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))
         return x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
 
+    def token_mixing_flops(self, grid: tuple[int, int]) -> int:
+        """Softmax attention over all T tokens at width D: q k^T and A v, 4 T^2 D."""
+        tokens = grid[0] * grid[1]
+        return 4 * tokens * tokens * self.attn.qkv.in_features
+
 
 class DiT(DiffusionBackbone):
     """x (N, C, H, W) latents, t (N,) timesteps, y (N,) labels -> (N, C_out, H, W)."""
@@ -67,18 +71,16 @@ class DiT(DiffusionBackbone):
         class_dropout_prob: float = 0.1,
         num_classes: int = 1000,
         learn_sigma: bool = True,
-        activation_checkpointing: str = "none",
     ):
         super().__init__(input_size, patch_size, in_channels, hidden_size, class_dropout_prob, num_classes,
                          learn_sigma)
         if hidden_size % num_heads:
             raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
         self.blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth)])
-        self.checkpointed = blocks_to_checkpoint(activation_checkpointing, depth)
         init_linear_xavier(self)
         self.init_embedders_and_head()
 
     def forward_blocks(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        for i, block in enumerate(self.blocks):
-            x = call_block(block, i in self.checkpointed, x, c)
+        for block in self.blocks:
+            x = block(x, c)
         return x

@@ -3,27 +3,18 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from kernels.gla import ScanOrder, backend_fuses, scan_gla
-
-
-def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
-    return x.to(torch.promote_types(x.dtype, torch.float32))
+from kernels.gla import ScanOrder, chunk_length, resolve_backend, scan_gla
 
 
 class GatedRMSNorm(nn.Module):
-    """Per-head RMSNorm(o) * weight * swish(gate), statistics in fp32."""
+    """Weight and eps of the per-head RMSNorm(o) * weight * swish(gate) on the GLA output; the
+    GLA op applies it (statistics in fp32), fused with the scan."""
 
     def __init__(self, head_dim: int, eps: float = 1e-6):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(head_dim))
         self.eps = eps
-
-    def forward(self, o: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-        o32 = at_least_fp32(o)
-        normed = o32 * torch.rsqrt(o32.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
-        return (normed * F.silu(at_least_fp32(gate))).to(o.dtype)
 
 
 class GatedLinearAttention(nn.Module):
@@ -60,20 +51,23 @@ class GatedLinearAttention(nn.Module):
                     nn.init.zeros_(m.bias)
         nn.init.ones_(self.out_norm.weight)
 
+    def scan_flops(self, tokens: int) -> int:
+        """Matmul FLOPs of the GLA scan over `tokens` with the backend that runs on this layer's
+        device, whose chunks have C tokens: per token and head, scores and values over its chunk
+        (q k^T and A v on C x C blocks, as the kernels compute them) 2 C (dk + dv), the
+        inter-chunk output q S 2 dk dv and the state update k^T v 2 dk dv."""
+        chunk = chunk_length(resolve_backend(self.backend, self.q_proj.weight.device), tokens)
+        dk, dv = self.head_k_dim, self.head_v_dim
+        return tokens * self.num_heads * (2 * chunk * (dk + dv) + 4 * dk * dv)
+
     def forward(self, x: torch.Tensor, order: ScanOrder, grid: tuple[int, int]) -> torch.Tensor:
         """x: (N, T, D) in raster order over `grid` -> (N, T, D)."""
         N, T, _ = x.shape
         heads = lambda y: y.view(N, T, self.num_heads, -1)  # noqa: E731
         q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
-        if backend_fuses(self.backend, x.device):
-            # The kernel applies logsigmoid / normalizer to the raw gate logits and the gated
-            # RMSNorm to its output itself: two fewer passes over (N, T, D) each way.
-            o = scan_gla(q, k, v, heads(self.gk_proj(x)), order, grid, backend=self.backend,
-                         gate_logit_normalizer=self.gate_logit_normalizer, output_gate=heads(self.g_proj(x)),
-                         norm_weight=self.out_norm.weight, norm_eps=self.out_norm.eps)
-            return self.o_proj(o.reshape(N, T, -1))
-        # Gates stay fp32: they are summed over thousands of steps inside the kernel.
-        gk = heads(F.logsigmoid(at_least_fp32(self.gk_proj(x))) / self.gate_logit_normalizer)
-        o = scan_gla(q, k, v, gk, order, grid, backend=self.backend)
-        o = self.out_norm(o, heads(self.g_proj(x)))
+        # The op applies logsigmoid / normalizer to the raw gate logits (summing the gates in
+        # fp32) and the gated RMSNorm to its output: no extra passes over (N, T, D).
+        o = scan_gla(q, k, v, heads(self.gk_proj(x)), order, grid, backend=self.backend,
+                     gate_logit_normalizer=self.gate_logit_normalizer, output_gate=heads(self.g_proj(x)),
+                     norm_weight=self.out_norm.weight, norm_eps=self.out_norm.eps)
         return self.o_proj(o.reshape(N, T, -1))

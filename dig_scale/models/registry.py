@@ -63,8 +63,7 @@ def create_model(name: str, **overrides) -> nn.Module:
 def config_arguments(cfg) -> dict:
     """The constructor arguments a `dig_scale.config.ModelConfig` sets."""
     kwargs = dict(input_size=cfg.input_size, in_channels=cfg.in_channels, num_classes=cfg.num_classes,
-                  learn_sigma=cfg.learn_sigma, class_dropout_prob=cfg.class_dropout_prob,
-                  activation_checkpointing=cfg.activation_checkpointing, **cfg.arch)
+                  learn_sigma=cfg.learn_sigma, class_dropout_prob=cfg.class_dropout_prob, **cfg.arch)
     if cfg.name.startswith("DiG"):
         kwargs.update(skip=cfg.skip, gla_backend=None if cfg.gla_backend == "auto" else cfg.gla_backend)
     return kwargs

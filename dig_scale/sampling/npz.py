@@ -5,24 +5,24 @@ memory at once; never unpickled.
 """
 from __future__ import annotations
 
-import os
 import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 
+from dig_scale.atomic_file import write_atomically
+
 IMAGES, LABELS = "arr_0", "labels"
 
 
 def write_sample_npz(path: Path, parts: Iterable[np.ndarray], num_images: int, labels: np.ndarray | None) -> Path:
     """Write `parts` ((n_i, H, W, 3) uint8, n_i summing to `num_images`) as `arr_0` of a new
-    .npz at `path`, atomically: a failure leaves no file at `path`."""
+    .npz at `path`, atomically: a failure leaves no file at `path`, an existing one is kept."""
     if num_images < 1:
         raise ValueError(f"num_images {num_images}: expected at least one image")
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+
+    def write(tmp: Path) -> None:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
             written = 0
             with archive.open(f"{IMAGES}.npy", "w", force_zip64=True) as f:
@@ -45,9 +45,9 @@ def write_sample_npz(path: Path, parts: Iterable[np.ndarray], num_images: int, l
                     raise ValueError(f"labels of shape {labels.shape}, expected ({num_images},)")
                 with archive.open(f"{LABELS}.npy", "w", force_zip64=True) as f:
                     np.lib.format.write_array(f, labels.astype(np.int64), allow_pickle=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    path = Path(path)
+    write_atomically(path, write, replace=False)
     return path
 
 

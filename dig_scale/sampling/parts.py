@@ -12,13 +12,14 @@ directory is removed.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from dig_scale.atomic_file import write_atomically, write_text_atomically
 
 from .npz import write_sample_npz
 
@@ -48,9 +49,7 @@ class PartStore:
                                  + f"\nrerun with the same settings to resume it, or delete {self.directory}")
             return
         self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = plan_file.with_name(f".{PLAN_FILE}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(self.plan, indent=1))
-        os.replace(tmp, plan_file)
+        write_text_atomically(plan_file, json.dumps(self.plan, indent=1))
 
     def indices(self, part: int) -> range:
         return range(part * self.part_size, min((part + 1) * self.part_size, self.num_samples))
@@ -64,9 +63,12 @@ class PartStore:
 
     def write(self, part: int, images: np.ndarray, labels: np.ndarray | None) -> None:
         labels = labels if labels is not None else np.zeros(0, np.int64)
-        tmp = self.directory / f".part-{part:06d}.tmp{os.getpid()}.npz"
-        np.savez(tmp, images=images, labels=labels)
-        os.replace(tmp, self._path(part))
+
+        def save(tmp: Path) -> None:
+            with open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to a name
+                np.savez(f, images=images, labels=labels)
+
+        write_atomically(self._path(part), save)
 
     def _images(self, part: int, labels: np.ndarray | None) -> np.ndarray:
         """A finished part's images, checked against the plan's count and labels."""

@@ -1,7 +1,8 @@
 """python -m dig_scale.train CONFIG.yaml [key.path=value ...]
 
 The same command on every rank under any launcher (torchrun, deepspeed, srun, Kubernetes);
-exits 0 when max_steps is reached and 75 when preempted (launchers requeue on 75).
+exits 0 when max_steps is reached, 75 when preempted (launchers requeue on 75), 2 when the
+config, the run directory or its checkpoints cannot be used (the message says why), 1 otherwise.
 """
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import os
 import sys
 
 import torch
+
+from .library_notices import silence_library_notices
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,17 +21,26 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if args else 2
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before deepspeed is imported
+    silence_library_notices()
+    from dig_scale.checkpoint import CheckpointError
     from dig_scale.config import ConfigError, load_config
+    from dig_scale.launch_env import LaunchEnvError
+
+    from .run_lock import RunDirectoryInUse
 
     try:
         cfg = load_config(args[0], args[1:])
         from .trainer import Trainer
 
         trainer = Trainer(cfg)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
+    except (ConfigError, CheckpointError, LaunchEnvError, RunDirectoryInUse) as e:
+        print(f"{'config error' if isinstance(e, ConfigError) else 'error'}: {e}", file=sys.stderr)
         return 2
-    return trainer.run()
+    try:
+        return trainer.run()
+    except CheckpointError as e:  # a save that cannot be written (e.g. a full disk): say so, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -2,20 +2,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from streaming import StreamingDataLoader
-from streaming.base.constant import LOCALS, SHM_TO_CLEAN
-from streaming.base.shared.prefix import _get_path, _unpack_locals
 
 from dig_scale.config import ConfigError, ExperimentConfig
 from dig_scale.data import DatasetMetadata, LatentDataset, default_demo_path, ensure_demo_dataset
 from dig_scale.data.storage import default_cache_dir, is_remote
+from dig_scale.data.streaming_internals import release_stale_segments
+from dig_scale.launch_env import ProcessPlace
 from dig_scale.models.layers import as_grid
-
-from .distributed import ProcessPlace
 
 DEMO_PREFIX = "demo:"
 
@@ -47,38 +44,6 @@ def check_matches_model(metadata: DatasetMetadata, cfg: ExperimentConfig, path: 
         raise ConfigError(f"model.input_size={cfg.model.input_size} but {path} holds {height}x{width} samples")
     if cfg.model.num_classes and metadata.num_classes > cfg.model.num_classes:
         raise ConfigError(f"model.num_classes={cfg.model.num_classes} but {path} has {metadata.num_classes} classes")
-
-
-def release_stale_segments(local_dir: str) -> int:
-    """Unlink mosaicml-streaming shared-memory segments registered for `local_dir`.
-
-    A SIGKILLed job leaves them behind, and for a remote dataset streaming then refuses the cache
-    directory to the requeued job on the same node. Only segments naming this run's own local
-    directory are touched (streaming's clean_stale_shared_memory() would unlink every job's).
-    Returns how many prefixes were released.
-    """
-    from multiprocessing import resource_tracker, shared_memory
-
-    target, released = str(Path(local_dir).resolve()), 0
-    for prefix in range(1024):
-        try:
-            shm = shared_memory.SharedMemory(_get_path(prefix, LOCALS))
-        except FileNotFoundError:
-            break
-        resource_tracker.unregister(shm._name, "shared_memory")  # we only peek; do not reap at exit
-        locals_, _ = _unpack_locals(bytes(shm.buf))
-        shm.close()
-        if target not in {str(Path(d).resolve()) for d in locals_}:
-            continue
-        for name in SHM_TO_CLEAN:
-            try:
-                stale = shared_memory.SharedMemory(_get_path(prefix, name))
-                stale.close()
-                stale.unlink()
-            except FileNotFoundError:
-                pass
-        released += 1
-    return released
 
 
 def build_loader(cfg: ExperimentConfig, place: ProcessPlace,

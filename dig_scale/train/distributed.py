@@ -1,48 +1,34 @@
-"""Where this process sits in the job, from whichever launcher started it, translated in one place.
+"""Joining the job's process group, and the two collective patterns the trainer needs: a decision
+taken on rank 0 that every rank follows, and a failure on any rank that stops every rank.
 
-torchrun and the `deepspeed` launcher set RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR /
-MASTER_PORT. Slurm's srun sets SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID (the launcher sets
-MASTER_ADDR / MASTER_PORT). A Kubernetes indexed job with one pod per node runs torchrun in each
-pod (JOB_COMPLETION_INDEX is its node rank). A plain `python -m dig_scale.train` is a world of one.
+Either way no rank is left waiting in a collective for a rank that has given up.
 """
 from __future__ import annotations
 
 import datetime
 import os
 import socket
-from dataclasses import dataclass
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
+from dig_scale.checkpoint import CheckpointError
+from dig_scale.config import ConfigError
+from dig_scale.launch_env import LaunchEnvError, ProcessPlace
 
-@dataclass(frozen=True)
-class ProcessPlace:
-    rank: int
-    world_size: int
-    local_rank: int
-    launcher: str
+from .run_lock import RunDirectoryInUse
 
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
+T = TypeVar("T")
+# Raised on rank 0, re-raised as themselves on every rank; anything else arrives as a RuntimeError.
+USER_ERRORS = (ConfigError, CheckpointError, RunDirectoryInUse)
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def detect_place(env: dict[str, str] | None = None) -> ProcessPlace:
-    """Rank, world size and local rank from the launcher's environment variables."""
-    env = os.environ if env is None else env
-    if "RANK" in env and "WORLD_SIZE" in env:
-        return ProcessPlace(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)), "torchrun")
-    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env and int(env["SLURM_NTASKS"]) > 1:
-        return ProcessPlace(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)),
-                            "slurm")
-    return ProcessPlace(0, 1, 0, "single")
 
 
 def init_distributed(place: ProcessPlace, timeout_minutes: float) -> torch.device:
@@ -54,8 +40,8 @@ def init_distributed(place: ProcessPlace, timeout_minutes: float) -> torch.devic
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
     missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
     if missing:
-        raise RuntimeError(f"{place.launcher} launch without {' and '.join(missing)}: the launcher must export the "
-                           "address and port of rank 0 (see launchers/)")
+        raise LaunchEnvError(f"{place.launcher} launch without {' and '.join(missing)}: the launcher must export the "
+                           "address and port of rank 0")
     if torch.cuda.is_available():
         device = torch.device("cuda", place.local_rank)
         torch.cuda.set_device(device)
@@ -66,3 +52,27 @@ def init_distributed(place: ProcessPlace, timeout_minutes: float) -> torch.devic
                                 timeout=datetime.timedelta(minutes=timeout_minutes),
                                 device_id=device if device.type == "cuda" else None)
     return device
+
+
+def on_main_rank(fn: Callable[[], T]) -> T:
+    """`fn()` run on rank 0 only; every rank returns its result, or raises its error."""
+    outcome: list = [None, None]
+    if dist.get_rank() == 0:
+        try:
+            outcome[0] = fn()
+        except USER_ERRORS as e:
+            outcome[1] = e
+        except Exception as e:
+            dist.broadcast_object_list([None, RuntimeError(f"rank 0 failed: {e!r}")], src=0)
+            raise
+    dist.broadcast_object_list(outcome, src=0)
+    if outcome[1] is not None:
+        raise outcome[1]
+    return outcome[0]
+
+
+def any_rank(flag: bool, device: torch.device, group: dist.ProcessGroup | None = None) -> bool:
+    """True on every rank when `flag` is true on any (a collective over `group`, default: all ranks)."""
+    value = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX, group=group)
+    return bool(value.item())

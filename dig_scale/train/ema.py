@@ -34,9 +34,9 @@ class EMA:
     ema <- decay * ema + (1 - decay) * live, for every parameter that trains.
 
     Under bf16 training the live weights are the bf16 copies of ZeRO's fp32 masters, so the
-    average is of weights rounded to bf16 (relative error <= 2^-9 per step, averaged out).
-    The EMA keeps referring to `model`'s parameter storage: build it from the module that trains
-    (after DeepSpeed has flattened the weights).
+    average is of weights rounded to bf16 (relative error <= 2^-9 per step, averaged out; see
+    ARCHITECTURE.md, "Changes since the original design"). The EMA keeps referring to `model`'s
+    parameter storage: build it from the module that trains (after DeepSpeed has flattened it).
     """
 
     def __init__(self, model: nn.Module, decay: float):

@@ -1,4 +1,5 @@
-"""Rank-0 observability: a console line with a progress bar and ETA, metrics.jsonl, wandb."""
+"""Rank-0 observability: a console line with a progress bar and ETA, metrics.jsonl, wandb, and the
+device peak that MFU is measured against (the model counts its own FLOPs: `flops_per_image`)."""
 from __future__ import annotations
 
 import json
@@ -7,6 +8,21 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import torch
+
+from dig_scale.atomic_file import write_text_atomically
+
+# Dense bf16 tensor-core peaks (datasheet, without sparsity), FLOP/s.
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "B200": 2250e12}
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """Datasheet dense bf16 peak of the device, None when unknown (e.g. CPU)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_BF16.items() if key in name), None)
 
 
 def _duration(seconds: float) -> str:
@@ -50,7 +66,7 @@ class MetricsLogger:
 
             id_file = run_dir / "wandb_id"  # one wandb run across requeues and resumes
             if not id_file.is_file():
-                id_file.write_text(f"{run_name}-{secrets.token_hex(4)}")
+                write_text_atomically(id_file, f"{run_name}-{secrets.token_hex(4)}", replace=False)
             self._wandb = wandb.init(project=wandb_project, entity=wandb_entity, name=run_name, config=config,
                                      id=id_file.read_text().strip(), resume="allow", dir=str(run_dir),
                                      mode=wandb_mode)

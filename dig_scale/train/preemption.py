@@ -10,6 +10,8 @@ import sys
 import torch
 import torch.distributed as dist
 
+from .distributed import any_rank
+
 REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL: "temporary failure, try again"
 SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 
@@ -40,6 +42,4 @@ class PreemptionHandler:
         """Collective: true on every rank once any rank got a signal (signals may reach only some)."""
         if self._group is None:
             return self.received is not None
-        flag = torch.tensor([float(self.received is not None)])
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
-        return bool(flag.item())
+        return any_rank(self.received is not None, torch.device("cpu"), self._group)

@@ -1,7 +1,9 @@
-"""The run directory shared by the trainer, launchers and export:
+"""The run directory shared by the trainer, launchers and export (see ARCHITECTURE.md, "The run
+directory"):
 
-    runs/<run-name>/config.yaml     the resolved config, written once and checked on every relaunch
-                    checkpoints/    see checkpoint.py
+    runs/<run-name>/lock            the job that owns the directory now (see run_lock.py)
+                    config.yaml     the run's config, written once when the run starts
+                    checkpoints/    see dig_scale/checkpoint/layout.py
                     metrics.jsonl   one line per logged step
                     samples/        EMA sample grids, step-XXXXXXX.png
                     wandb/          when wandb is on
@@ -13,7 +15,11 @@ from typing import Any
 
 import yaml
 
-from dig_scale.config import ConfigError, ExperimentConfig, config_to_dict, dump_config
+from dig_scale.atomic_file import write_text_atomically
+from dig_scale.checkpoint.layout import CHECKPOINTS
+from dig_scale.config import ConfigError, ExperimentConfig, config_to_dict
+
+from .run_lock import RunLock
 
 # Keys that may change between launches of one run: how it runs, not what it computes.
 CHANGEABLE = ("train.max_steps", "train.compile", "model.activation_checkpointing", "model.gla_backend",
@@ -41,26 +47,39 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
 class RunDirectory:
     def __init__(self, cfg: ExperimentConfig):
         self.root = Path(cfg.output_dir) / cfg.run_name
-        self.checkpoints = self.root / "checkpoints"
+        self.checkpoints = self.root / CHECKPOINTS
         self.samples = self.root / "samples"
         self.config_file = self.root / "config.yaml"
+        self.lock = RunLock(self.root / "lock")
 
-    def prepare(self, cfg: ExperimentConfig, is_main: bool) -> list[str]:
-        """Create the layout and write config.yaml on first launch; on a relaunch refuse a config
-        that changes what the run computes. Returns the allowed differences (to report)."""
+    def record_config(self, cfg: ExperimentConfig, resumed: dict[str, Any] | None) -> list[str]:
+        """Check `cfg` against the run's config record and, when the run resumes, the config its
+        checkpoint was written with (`resumed`, the trainer state): a change in what the run
+        computes is refused with the differences listed. The record is written once, when the
+        run starts; a lost record is restored from the checkpoint, never from `cfg`. Returns notes
+        to report (allowed differences, a restored record). Rank 0, holding the run's lock."""
+        current, allowed = config_to_dict(cfg), {}
+        references = []
         if self.config_file.is_file():
-            saved = yaml.safe_load(self.config_file.read_text())
-            differences = config_differences(saved, config_to_dict(cfg))
+            try:
+                references.append((yaml.safe_load(self.config_file.read_text(encoding="utf-8")), str(self.config_file)))
+            except yaml.YAMLError as e:
+                raise ConfigError(f"{self.config_file}: the run's config record is not valid YAML ({e})") from None
+        if resumed is not None:
+            references.append((resumed["config"], f"its checkpoint (written by dig-scale {resumed['code_version']})"))
+        for saved, where in references:
+            differences = config_differences(saved, current)
             refused = [d for d in differences if not d.startswith(CHANGEABLE)]
             if refused:
-                raise ConfigError(f"run {self.root} was started with a different config; differences:\n  "
-                                  + "\n  ".join(refused)
+                raise ConfigError(f"run {self.root} was started with a different config (per {where}); differences:\n"
+                                  "  " + "\n  ".join(refused)
                                   + "\nuse a new run_name, or restore these values to resume this run")
-            return differences
-        if is_main:
-            self.checkpoints.mkdir(parents=True, exist_ok=True)
-            self.samples.mkdir(parents=True, exist_ok=True)
-            tmp = self.config_file.with_suffix(".tmp")
-            tmp.write_text(dump_config(cfg))
-            tmp.replace(self.config_file)
-        return []
+            allowed.update(dict.fromkeys(differences))
+        notes = [f"config changed since the run started (allowed): {d}" for d in allowed]
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        if not self.config_file.is_file():
+            record = resumed["config"] if resumed is not None else current
+            if resumed is not None:
+                notes.append(f"{self.config_file} was missing: restored from the checkpoint's config")
+            write_text_atomically(self.config_file, yaml.safe_dump(record, sort_keys=False), replace=False)
+        return notes

@@ -9,24 +9,23 @@ import faulthandler
 import hashlib
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from dig_scale import __version__
 from dig_scale.config import ExperimentConfig, config_to_dict
 from dig_scale.diffusion import create_diffusion
+from dig_scale.launch_env import ProcessPlace, detect_place
 from dig_scale.models import model_from_config
 
-from .checkpoint import latest_tag, load_checkpoint, read_trainer_state, save_checkpoint
+from .activation_checkpointing import apply_activation_checkpointing
+from .checkpoint_manager import CheckpointManager
 from .compile import compile_blocks, use_compile_cache
 from .data_loading import build_loader, forever
 from .deepspeed_config import build_deepspeed_config
-from .distributed import ProcessPlace, detect_place, init_distributed
+from .distributed import init_distributed, on_main_rank
 from .ema import EMA
-from .flops import forward_flops_per_image, peak_flops
-from .metrics import MetricsLogger
+from .metrics import MetricsLogger, peak_flops
 from .preemption import REQUEUE_EXIT_CODE, PreemptionHandler
 from .run_dir import RunDirectory
 from .samples import SampleGridWriter
@@ -35,7 +34,8 @@ from .update_guard import UpdateGuard
 
 def step_seed(seed: int, step: int, rank: int) -> int:
     """Counter-based seed: the randomness of a step (timesteps, noise, label dropout) depends only
-    on (seed, step, rank), so a resumed run draws exactly what the uninterrupted run drew."""
+    on (seed, step, rank), so a resumed run draws exactly what the uninterrupted run drew, with no
+    RNG state in the checkpoint (see ARCHITECTURE.md, "Resume")."""
     return int.from_bytes(hashlib.blake2b(f"{seed}/{step}/{rank}".encode(), digest_size=8).digest(), "little") >> 1
 
 
@@ -55,21 +55,19 @@ class Trainer:
         self.place: ProcessPlace = detect_place()
         self.device = init_distributed(self.place, cfg.train.distributed_timeout_minutes)
         self.run_dir = RunDirectory(cfg)
-        allowed = self.run_dir.prepare(cfg, self.place.is_main)
-        dist.barrier()
-
-        resume = self._resume_checkpoint()
-        resume_state = read_trainer_state(resume) if resume else None
+        notes = [on_main_rank(self.run_dir.lock.acquire)]
+        self.checkpoints = CheckpointManager(self.run_dir.checkpoints, self.place, cfg.checkpoint, config_to_dict(cfg))
+        resume = self.checkpoints.find_resume(cfg.checkpoint.resume)
+        notes += on_main_rank(lambda: self.run_dir.record_config(cfg, resume.state if resume else None))
 
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         model = model_from_config(cfg.model)
-        ds_config = build_deepspeed_config(cfg, self.place.world_size)
-        if resume_state and resume_state["world_size"] != self.place.world_size:
-            ds_config.setdefault("checkpoint", {})["load_universal"] = True
+        apply_activation_checkpointing(model.blocks, cfg.model.activation_checkpointing)
+        ds_config = self.checkpoints.engine_config(build_deepspeed_config(cfg, self.place.world_size), resume)
         trainable = [p for p in model.parameters() if p.requires_grad]
         o = cfg.optim
         optimizer = torch.optim.AdamW(trainable, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay,
-                                      fused=True)
+                                      fused=True)  # the update guard needs the fused kernel (on CPU too)
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, model_parameters=trainable,
                                                     config=ds_config)
         if cfg.train.compile:
@@ -86,34 +84,32 @@ class Trainer:
         # Skips are counted on the device and read at log and save steps (no per-step host sync).
         self.window_skips = torch.zeros((), device=self.device)
         self.consecutive_skips = torch.zeros((), device=self.device)
+        self.checkpoints.track(self.engine, self.ema, train=self, loader=self.loader)
         if resume:
-            load_checkpoint(self.engine, resume, self.place, resume_state)
-            self.ema.load_state_dict(resume_state["ema"])
-            self.loader.load_state_dict(resume_state["loader"])
-            self.step, self.skipped = resume_state["step"], resume_state.get("skipped_steps", 0)
+            self.checkpoints.load(resume)
 
         self.logger = MetricsLogger(self.run_dir.root, self.place.is_main, cfg.train.max_steps, cfg.logging.wandb,
                                     cfg.logging.wandb_project, cfg.logging.wandb_entity, cfg.run_name,
                                     config_to_dict(cfg))
         self.logger.info(f"{cfg.model.name}: {sum(p.numel() for p in model.parameters()):,} parameters, world size "
                          f"{self.place.world_size} ({self.place.launcher}), {self.accumulation} accumulation step(s), "
-                         f"device {self.device}" + (f"; resumed from {resume} at step {self.step}" if resume else ""))
-        for difference in allowed:
-            self.logger.info(f"config changed since the run started (allowed): {difference}")
-        self.flops_per_image = 3 * forward_flops_per_image(self.engine.module)
+                         f"device {self.device}"
+                         + (f"; resumed from {resume.checkpoint} at step {self.step}" if resume else ""))
+        for note in notes:
+            if note:
+                self.logger.info(note)
+        self.flops_per_image = 3 * self.engine.module.flops_per_image()
         self.tokens_per_image = self.engine.module.grid[0] * self.engine.module.grid[1]
         self.peak = peak_flops(self.device)
         self.samples = SampleGridWriter(cfg, self.metadata, self.device) if self.place.is_main else None
         self.preemption = PreemptionHandler()
 
-    def _resume_checkpoint(self) -> Path | None:
-        mode = self.cfg.checkpoint.resume
-        if mode == "never":
-            return None
-        if mode == "auto":
-            tag = latest_tag(self.run_dir.checkpoints)
-            return self.run_dir.checkpoints / tag if tag else None
-        return Path(mode)
+    def state_dict(self) -> dict[str, int]:
+        """The trainer's counters, saved in every checkpoint (the data loader's position is its own)."""
+        return {"step": self.step, "skipped_steps": self.skipped}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.step, self.skipped = state["step"], state["skipped_steps"]
 
     def _model(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.engine(x.to(self.dtype), t, y)
@@ -140,11 +136,8 @@ class Trainer:
         return StepResult(torch.stack(losses).mean(), grad_norm, applied)
 
     def save(self) -> None:
-        self._count_skips()
-        state = {"ema": self.ema.state_dict(), "loader": self.loader.state_dict(), "skipped_steps": self.skipped,
-                 "config": config_to_dict(self.cfg), "code_version": __version__}
-        path = save_checkpoint(self.engine, self.run_dir.checkpoints, self.step, state, self.place,
-                               self.cfg.checkpoint.keep_last, self.cfg.checkpoint.keep_every)
+        self._count_skips()  # the checkpoint records the total
+        path = self.checkpoints.save(self.step)
         self.logger.info(f"saved checkpoint {path}")
 
     def _count_skips(self) -> None:
@@ -222,4 +215,5 @@ class Trainer:
         faulthandler.cancel_dump_traceback_later()
         self.logger.close()
         dist.barrier()
+        self.run_dir.lock.release()
         return code

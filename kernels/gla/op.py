@@ -1,9 +1,22 @@
-"""The GLA custom op: one graph node for torch.compile, dispatching to a registered backend.
+"""The GLA custom op: one signature that every backend implements, one graph node for torch.compile.
 
-Backends implement a scan-order-aware forward and backward over [B, T, H, D] tensors:
-    forward(q, k, v, g, scale, order, height, width) -> o
-    backward(q, k, v, g, do, scale, order, height, width) -> (dq, dk, dv, dg)
-`torch` (always present) is registered below; GPU backends register themselves on import.
+    (out, states, o_pre) = gla(q, k, v, g, output_gate, norm_weight, scale, gate_logit_normalizer,
+                               norm_eps, order, height, width, backend, save)
+
+q, k, g: [B, T, H, K]; v, output_gate: [B, T, H, V]; raster order over a height x width grid,
+scanned in `order`. gate_logit_normalizer > 0: g holds gate logits x and the log-gates are
+logsigmoid(x) / normalizer; 0: g holds the log-gates. With output_gate and norm_weight ([V]),
+out = RMSNorm(o, norm_eps) * norm_weight * silu(output_gate) per head; without, out = o.
+`states` ([B*H, N, K, V], float32 or float64 for float64 inputs) are the states entering the
+backend's N = ceil(T / chunk_length(T)) chunks, and `o_pre` (only with `save` and the norm) is o
+before the norm: the backward takes both back instead of recomputing them.
+
+A backend provides
+    forward(q, k, v, g, output_gate, norm_weight, scale, normalizer, eps, order, height, width, save)
+        -> (out, states, o_pre)
+    backward(q, k, v, g, output_gate, norm_weight, states, o_pre, d_out, scale, normalizer, eps,
+             order, height, width) -> (dq, dk, dv, dg, d_output_gate, d_norm_weight)
+with None for the gradients of absent inputs.
 """
 from __future__ import annotations
 
@@ -12,19 +25,17 @@ from dataclasses import dataclass
 
 import torch
 
-from . import torch_chunked
-from .scan_order import ScanOrder, from_scan_order, to_scan_order
+from .scan_order import ScanOrder
+
+Tensor = torch.Tensor
 
 
 @dataclass(frozen=True)
 class GLABackend:
     forward: Callable
     backward: Callable
+    chunk_length: Callable[[int], int]  # T -> scan steps per chunk
     devices: tuple[str, ...]  # device types it runs on
-    # Optional differentiable entry point that takes over `scan_gla` for this backend and also
-    # fuses the gate activation and output norm (see `scan_gla`):
-    #   scan(q, k, v, g, order, grid, scale, gate_logit_normalizer, output_gate, norm_weight, norm_eps) -> out
-    scan: Callable | None = None
 
 
 _BACKENDS: dict[str, GLABackend] = {}
@@ -56,64 +67,67 @@ def get_backend(name: str) -> GLABackend:
     return _BACKENDS[name]
 
 
-def backend_fuses(backend: str | None, device: torch.device) -> bool:
-    """Whether `scan_gla` on this backend fuses the gate activation and output norm."""
-    return get_backend(resolve_backend(backend, device)).scan is not None
+def state_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _torch_forward(q, k, v, g, scale, order, height, width):
-    into = lambda x: to_scan_order(x, order, height, width)  # noqa: E731
-    o = torch_chunked.gla_forward(into(q), into(k), into(v), into(g), scale)
-    return from_scan_order(o, order, height, width)
+@torch.library.custom_op("dig_kernels::gla", mutates_args=())
+def gla_op(
+    q: Tensor, k: Tensor, v: Tensor, g: Tensor, output_gate: Tensor | None, norm_weight: Tensor | None,
+    scale: float, gate_logit_normalizer: float, norm_eps: float, order: int, height: int, width: int,
+    backend: str, save: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    outputs = _BACKENDS[backend].forward(q, k, v, g, output_gate, norm_weight, scale, gate_logit_normalizer,
+                                         norm_eps, ScanOrder(order), height, width, save)
+    return tuple(x.contiguous() for x in outputs)  # the layout the fake implementation promises
 
 
-def _torch_backward(q, k, v, g, do, scale, order, height, width):
-    into = lambda x: to_scan_order(x, order, height, width)  # noqa: E731
-    grads = torch_chunked.gla_backward(into(q), into(k), into(v), into(g), into(do), scale)
-    return tuple(from_scan_order(x, order, height, width) for x in grads)
-
-
-register_backend("torch", GLABackend(_torch_forward, _torch_backward, devices=("cpu", "cuda")))
-
-
-@torch.library.custom_op("dig_kernels::gla_forward", mutates_args=())
-def gla_forward_op(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor,
-    scale: float, order: int, height: int, width: int, backend: str,
-) -> torch.Tensor:
-    impl = _BACKENDS[backend].forward
-    return impl(q, k, v, g, scale, ScanOrder(order), height, width).contiguous()
-
-
-@gla_forward_op.register_fake
-def _(q, k, v, g, scale, order, height, width, backend):
-    return v.new_empty(v.shape)
+@gla_op.register_fake
+def _(q, k, v, g, output_gate, norm_weight, scale, gate_logit_normalizer, norm_eps, order, height, width, backend,
+      save):
+    B, T, H, K = q.shape
+    n_chunks = -(-T // _BACKENDS[backend].chunk_length(T))
+    states = q.new_empty((B * H, n_chunks, K, v.shape[-1]), dtype=state_dtype(q.dtype))
+    o_pre = v.new_empty(v.shape if save and output_gate is not None else (0,))
+    return v.new_empty(v.shape), states, o_pre
 
 
 @torch.library.custom_op("dig_kernels::gla_backward", mutates_args=())
 def gla_backward_op(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, do: torch.Tensor,
-    scale: float, order: int, height: int, width: int, backend: str,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    impl = _BACKENDS[backend].backward
-    grads = impl(q, k, v, g, do, scale, ScanOrder(order), height, width)
-    return tuple(x.contiguous() for x in grads)
+    q: Tensor, k: Tensor, v: Tensor, g: Tensor, output_gate: Tensor | None, norm_weight: Tensor | None,
+    states: Tensor, o_pre: Tensor, d_out: Tensor, scale: float, gate_logit_normalizer: float, norm_eps: float,
+    order: int, height: int, width: int, backend: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(dq, dk, dv, dg, d_output_gate, d_norm_weight); the last two are empty without the norm."""
+    if output_gate is not None and o_pre.numel() == 0:
+        raise RuntimeError("the GLA forward ran with save=False, so the norm's input o_pre was not kept; "
+                           "call dig_kernels::gla with save=True to differentiate it")
+    grads = _BACKENDS[backend].backward(q, k, v, g, output_gate, norm_weight, states, o_pre, d_out, scale,
+                                        gate_logit_normalizer, norm_eps, ScanOrder(order), height, width)
+    return tuple(q.new_empty(0) if x is None else x.contiguous() for x in grads)
 
 
 @gla_backward_op.register_fake
-def _(q, k, v, g, do, scale, order, height, width, backend):
-    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), g.new_empty(g.shape)
+def _(q, k, v, g, output_gate, norm_weight, states, o_pre, d_out, scale, gate_logit_normalizer, norm_eps, order,
+      height, width, backend):
+    norm = output_gate is not None
+    return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), g.new_empty(g.shape),
+            output_gate.new_empty(output_gate.shape) if norm else q.new_empty(0),
+            norm_weight.new_empty(norm_weight.shape) if norm else q.new_empty(0))
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, g, ctx.scale, ctx.order, ctx.height, ctx.width, ctx.backend = inputs
-    ctx.save_for_backward(q, k, v, g)
+    q, k, v, g, output_gate, norm_weight, *ctx.arguments, _save = inputs
+    _, states, o_pre = output
+    ctx.save_for_backward(q, k, v, g, output_gate, norm_weight, states, o_pre)
 
 
-def _backward(ctx, do):
-    q, k, v, g = ctx.saved_tensors
-    grads = gla_backward_op(q, k, v, g, do, ctx.scale, ctx.order, ctx.height, ctx.width, ctx.backend)
-    return (*grads, None, None, None, None, None)
+def _backward(ctx, d_out, _d_states, _d_o_pre):
+    q, k, v, g, output_gate, norm_weight, states, o_pre = ctx.saved_tensors
+    dq, dk, dv, dg, dz, dw = gla_backward_op(q, k, v, g, output_gate, norm_weight, states, o_pre,
+                                             d_out.contiguous(), *ctx.arguments)
+    norm = output_gate is not None
+    return (dq, dk, dv, dg, dz if norm else None, dw if norm else None, *[None] * 8)
 
 
-gla_forward_op.register_autograd(_backward, setup_context=_setup_context)
+gla_op.register_autograd(_backward, setup_context=_setup_context)

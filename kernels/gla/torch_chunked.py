@@ -7,7 +7,8 @@ Within a chunk of C steps with in-chunk cumulative gates b_t = g_1 + ... + g_t:
     S_out = e^{b_C} * S_in + sum_s (k_s * e^{b_C - b_s})^T v_s
 Every exponent above is <= 0, so strong decay underflows to 0 instead of overflowing; the
 in-chunk scores keep that property through sub-chunking (see _IntraChunk).
-Arithmetic is float32 (float64 for float64 inputs); outputs take the input dtype.
+Arithmetic and results are float32 (float64 for float64 inputs); the forward also returns the
+state entering every chunk, which the backward takes back instead of recomputing.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ CHUNK = 32
 SUB_CHUNK = 8  # pairwise decay only inside these; factorised between them
 
 
-def _chunk_length(T: int) -> int:
+def chunk_length(T: int) -> int:
     """CHUNK, or less for sequences shorter than one chunk (a multiple of SUB_CHUNK)."""
     return min(CHUNK, -(-T // SUB_CHUNK) * SUB_CHUNK)
 
@@ -26,18 +27,18 @@ def _chunk_length(T: int) -> int:
 def _to_chunks(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """[B, T, H, D] -> [B, H, N, C, D], zero-padded at the end (causal: padding never leaks back)."""
     B, T, H, D = x.shape
-    chunk = _chunk_length(T)
+    chunk = chunk_length(T)
     pad = -T % chunk
     x = F.pad(x.to(dtype), (0, 0, 0, 0, 0, pad))
     return x.view(B, (T + pad) // chunk, chunk, H, D).permute(0, 3, 1, 2, 4)
 
 
-def _from_chunks(x: torch.Tensor, T: int, dtype: torch.dtype) -> torch.Tensor:
+def _from_chunks(x: torch.Tensor, T: int) -> torch.Tensor:
     B, H, N, C, D = x.shape
-    return x.permute(0, 2, 3, 1, 4).reshape(B, N * C, H, D)[:, :T].to(dtype)
+    return x.permute(0, 2, 3, 1, 4).reshape(B, N * C, H, D)[:, :T]
 
 
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
@@ -107,33 +108,33 @@ def _incoming_states(k_to_end: torch.Tensor, v: torch.Tensor, chunk_decay: torch
 
 
 def _prepare(q, k, v, g):
-    dtype = _compute_dtype(q)
+    dtype = compute_dtype(q)
     q, k, v, g = (_to_chunks(x, dtype) for x in (q, k, v, g))
     b = g.cumsum(-2)
     return q, k, v, b
 
 
-def gla_forward(q, k, v, g, scale: float) -> torch.Tensor:
-    """Plain causal GLA. q, k, g: [B, T, H, K]; v: [B, T, H, V] -> o: [B, T, H, V]."""
-    T, out_dtype = q.shape[1], v.dtype
+def gla_forward(q, k, v, g, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain causal GLA. q, k, g: [B, T, H, K]; v: [B, T, H, V] -> o [B, T, H, V] and the
+    states entering each chunk [B*H, N, K, V]."""
+    T = q.shape[1]
     q, k, v, b = _prepare(q, k, v, g)
     scores = _IntraChunk(b).scores(q, k)
     states = _incoming_states(k * (b[..., -1:, :] - b).exp(), v, b[..., -1, :].exp())
     o = scale * (scores @ v + (q * b.exp()) @ states)
-    return _from_chunks(o, T, out_dtype)
+    return _from_chunks(o, T), states.flatten(0, 1)
 
 
-def gla_backward(q, k, v, g, do, scale: float):
-    """Gradients (dq, dk, dv, dg) of `gla_forward` given do = dL/do."""
+def gla_backward(q, k, v, g, do, scale: float, states: torch.Tensor):
+    """Gradients (dq, dk, dv, dg) of `gla_forward` given do = dL/do and its states."""
     T = q.shape[1]
-    dtypes = (q.dtype, k.dtype, v.dtype, g.dtype)
     q, k, v, b = _prepare(q, k, v, g)
     do = _to_chunks(do, q.dtype)
+    states = states.view(*q.shape[:3], *states.shape[-2:])
     intra = _IntraChunk(b)
     q_from_start = q * b.exp()
     to_end = (b[..., -1:, :] - b).exp()
     chunk_decay = b[..., -1, :].exp()
-    states = _incoming_states(k * to_end, v, chunk_decay)
 
     # Gradient w.r.t. the state leaving each chunk, scanned from the end.
     d_states = torch.zeros_like(states)
@@ -149,7 +150,6 @@ def gla_backward(q, k, v, g, do, scale: float):
 
     # Output depends on the gates only through q_t e^{G_t} and k_s e^{-G_s} (G: global cumulative
     # gate), so dL/dG_t = q_t dq_t - k_t dk_t and dL/dg_t = sum_{u >= t} dL/dG_u.
-    dG = _from_chunks(q * dq - k * dk, T, dq.dtype)
+    dG = _from_chunks(q * dq - k * dk, T)
     dg = dG.flip(1).cumsum(1).flip(1)
-    grads = (_from_chunks(x, T, x.dtype) for x in (dq, dk, dv))
-    return (*(x.to(dt) for x, dt in zip(grads, dtypes[:3])), dg.to(dtypes[3]))
+    return (*(_from_chunks(x, T) for x in (dq, dk, dv)), dg)

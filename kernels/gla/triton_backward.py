@@ -1,14 +1,20 @@
-"""Triton GLA backward: per-segment sums of the state gradient, then the gradient sweep.
+"""Triton GLA backward: gradient summaries, the reverse state scan, then every chunk's gradients.
 
-Sweeping chunks last to first with dS = dL/dS_out (the state leaving the chunk) and the saved
-S_in (the state entering it), with A_ts = <q_t, k_s e^{b_t - b_s}> and dA_ts = scale do_t.v_s:
-    dq_t = sum_s dA_ts k_s e^{b_t - b_s} + scale (do_t S_in^T) e^{b_t}
-    dk_s = sum_t dA_ts q_t e^{b_t - b_s} + (v_s dS^T) e^{b_last - b_s}
-    dv_s = scale sum_t A_ts do_t + (k_s e^{b_last - b_s}) dS
-    dS_in = e^{b_last} dS + scale sum_t (q_t e^{b_t})^T do_t
-The gates enter only through q e^{G} and k e^{-G} (G: global cumulative gate), so
-dL/dg_t = sum_{u >= t} (q_u dq_u - k_u dk_u); the part of that sum beyond the chunk equals
-<S_out, dS_out> summed over V, which makes the gate gradient local to the chunk.
+Per chunk, with S the state entering it (saved by the forward), dS = dL/d(state leaving it),
+dA_ts = scale do_t . v_s for s < t, and A, b, b_last as in triton_forward:
+    dq_t = intra_t(dA) + scale (do_t S^T) e^{b_t}
+    dk_s = intra_s(dA) + (v_s dS^T) e^{b_last - b_s}
+    dv_s = scale sum_{t>=s} A_ts do_t + (k_s e^{b_last - b_s}) dS
+    D    = scale sum_t (q_t e^{b_t})^T do_t                 (what the chunk sends back to S)
+The gates enter only through q e^{G} and k e^{-G} (G: the cumulative gate over the sequence), so
+dL/dg_t = sum_{u >= t} (q_u dq_u - k_u dk_u). The part of that sum beyond the chunk equals
+sum_V S_out * dS with S_out = e^{b_last} S + Delta, which keeps the gate gradient chunk-local;
+and sum_V Delta * dS = sum_s k_s * (v_s dS^T) e^{b_last - b_s}, which the chunk has at hand.
+1. _grad_summary_kernel, a program per chunk: with the fused norm its backward (dL/do from
+   dL/dout, the output gate's gradient, the norm weight's share); D and b_last.
+2. triton_scan, from the last chunk: dS for every chunk.
+3. _grad_kernel, a program per chunk: dq, dk, dv, dg; chunks past the fast intra-chunk path's
+   range are flagged and left to triton_exact.
 """
 from __future__ import annotations
 
@@ -17,182 +23,95 @@ import triton
 import triton.language as tl
 
 from . import triton_exact
-from .scan_order import ScanOrder
-from .triton_common import (
-    CHUNK,
-    FAST_PATH_MIN_DECAY,
-    decay_to_end,
-    gate_input_grad,
-    load_gate,
-    load_tile,
-    mm,
-    mm_fine,
-    norm_weight,
-    output_grad,
-    scan_rows,
-    state_ptrs,
-    store_tile,
-)
-from .triton_forward import exact_dots
-from .triton_forward import forward as _forward
-from .triton_segments import order_arguments, plan, scan_segments
+from .triton_chunk import store_dk_dg, store_dq, store_dv
+from .triton_forward import RUNTIME_SIZES, flags
+from .triton_intra import fast_factors, fast_grad_k, fast_grad_q, fast_scores, lower, needs_exact
+from .triton_scan import scan_states
+from .triton_tiles import CHUNK, gated_rms_norm_grad, load_gate, load_tile, mm, scan_rows, state_ptrs, store_tile
 
-# Launch settings (chosen by bench/gla.py's sweep on an H100).
-BACKWARD_LAUNCH = {"num_warps": 8, "num_stages": 2}
-SUMMARY_LAUNCH = {"num_warps": 4, "num_stages": 2}
+GRAD_SUMMARY_LAUNCH = {"num_warps": 8, "num_stages": 1}  # 122 registers with the norm, 2 programs
+GRAD_LAUNCH = {"num_warps": 8, "num_stages": 1}  # 241 registers, 1 program
 
 
-@triton.jit
-def _intra_grads_fast(q, k, v, do, b, b_last, scale, C: tl.constexpr, FP32_DOT: tl.constexpr):
-    """Intra-chunk dq, dk without the t == s terms (see `_backward_kernel`), dv, plus e^{b} and
-    e^{b_last - b}; factored around rho = b_last / 2."""
-    rho = 0.5 * b_last
-    e_q = tl.exp(b - rho[None, :])
-    e_k = tl.exp(rho[None, :] - b)
-    e_rho = tl.exp(rho)[None, :]
-    q_f = q * e_q
-    k_f = k * e_k
-    rows = tl.arange(0, C)
-    scores = tl.where(rows[:, None] >= rows[None, :], mm(q_f, tl.trans(k_f), FP32_DOT), 0.0) * scale
-    dv = mm(tl.trans(scores), do, FP32_DOT)
-    d_scores = tl.where(rows[:, None] > rows[None, :], mm(do, tl.trans(v), FP32_DOT), 0.0) * scale
-    dq = mm_fine(d_scores, k_f, FP32_DOT) * e_q
-    dk = mm_fine(tl.trans(d_scores), q_f, FP32_DOT) * e_k
-    return dq, dk, dv, e_q * e_rho, e_k * e_rho
-
-
-@triton.jit(do_not_specialize=["T", "H", "n_chunks", "chunks_per_seg", "n_segs", "rev", "col_h", "col_w"])
-def _summary_kernel(q, g, do, z, w, o_pre, summaries, log_decays,
-                    T, H, n_chunks, chunks_per_seg, n_segs, rev, col_h, col_w, scale, gate_norm, eps,
-                    K: tl.constexpr, V: tl.constexpr, C: tl.constexpr,
-                    RAW_GATE: tl.constexpr, NORM: tl.constexpr, FP32_DOT: tl.constexpr):
-    """Gradient w.r.t. the state entering segment seg (>= 1) from that segment alone."""
-    seg = tl.program_id(0) + 1
+@triton.jit(do_not_specialize=RUNTIME_SIZES)
+def _grad_summary_kernel(q, g, d_out, z, w, o_pre, d_o, dz, dw_parts, contributions, log_decays,
+                         T, H, rev, col_h, col_w, scale, gate_norm, eps,
+                         K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, RAW_GATE: tl.constexpr,
+                         NORM: tl.constexpr, EXACT: tl.constexpr):
+    n = tl.program_id(0)
     bh = tl.program_id(1)
-    b, h = bh // H, bh % H
-    w_v = norm_weight(w, V, NORM)
-    d_state = tl.zeros([K, V], dtype=tl.float32)
-    total = tl.zeros([K], dtype=tl.float32)
-    first = seg * chunks_per_seg
-    last = tl.minimum(first + chunks_per_seg, n_chunks)
-    for i in range(last - first):
-        n = last - 1 - i
-        row, valid = scan_rows(b, h, n, T, H, rev, col_h, col_w, C)
-        q_c = load_tile(q, row, valid, K)
-        g_c = load_gate(g, row, valid, K, RAW_GATE, gate_norm)
-        do_c, _, _ = output_grad(do, z, o_pre, row, valid, w_v, eps, V, NORM)
-        b_last = tl.sum(g_c, axis=0)
-        q_from_start = q_c * tl.exp(tl.cumsum(g_c, axis=0))
-        d_state = tl.exp(b_last)[:, None] * d_state + scale * mm_fine(tl.trans(q_from_start), do_c, FP32_DOT)
-        total += b_last
-    index = bh * n_segs + seg
-    tl.store(state_ptrs(summaries, index, K, V), d_state)
-    tl.store(log_decays + index.to(tl.int64) * K + tl.arange(0, K), total)
-
-
-@triton.jit(do_not_specialize=["T", "H", "n_chunks", "chunks_per_seg", "n_segs", "rev", "col_h", "col_w"])
-def _backward_kernel(q, k, v, g, do, states, seg_states, z, w, o_pre,
-                     dq, dk, dv, dg, dz, dw_parts, exact_chunks,
-                     T, H, n_chunks, chunks_per_seg, n_segs, rev, col_h, col_w, scale, gate_norm, eps,
-                     K: tl.constexpr, V: tl.constexpr, C: tl.constexpr,
-                     RAW_GATE: tl.constexpr, NORM: tl.constexpr, SEGMENTED: tl.constexpr,
-                     FP32_DOT: tl.constexpr):
-    seg = tl.program_id(0)
-    bh = tl.program_id(1)
-    b, h = bh // H, bh % H
-    if SEGMENTED:
-        d_state = tl.load(state_ptrs(seg_states, bh * n_segs + seg, K, V))
+    index = bh * tl.num_programs(0) + n
+    row, valid = scan_rows(bh // H, bh % H, n, T, H, rev, col_h, col_w, C)
+    q_c = load_tile(q, row, valid, K)
+    g_c = load_gate(g, row, valid, K, RAW_GATE, gate_norm)
+    if NORM:
+        w_v = tl.load(w + tl.arange(0, V)).to(tl.float32)
+        do_c, dz_c, dw_c = gated_rms_norm_grad(load_tile(d_out, row, valid, V), load_tile(o_pre, row, valid, V),
+                                               load_tile(z, row, valid, V), w_v, eps, V)
+        store_tile(d_o, row, valid, do_c, V)
+        store_tile(dz, row, valid, dz_c, V)
+        tl.store(dw_parts + index.to(tl.int64) * V + tl.arange(0, V), dw_c)
     else:
-        d_state = tl.zeros([K, V], dtype=tl.float32)
-    w_v = norm_weight(w, V, NORM)
-    dw = tl.zeros([V], dtype=tl.float32)
-    first = seg * chunks_per_seg
-    last = tl.minimum(first + chunks_per_seg, n_chunks)
-    # <S_out, dS_out> over V for the chunk in hand: the gate-gradient share of everything after it.
-    # Past the sequence's end d_state is 0, so any finite state does there.
-    state_out = tl.load(state_ptrs(states, bh * n_chunks + tl.minimum(last, n_chunks - 1), K, V))
-    beyond = tl.sum(state_out * d_state, axis=1)
-    for i in range(last - first):
-        n = last - 1 - i
-        row, valid = scan_rows(b, h, n, T, H, rev, col_h, col_w, C)
+        do_c = load_tile(d_out, row, valid, V)
+    q_from_start = q_c * tl.exp(tl.cumsum(g_c, axis=0))
+    tl.store(state_ptrs(contributions, index, K, V), scale * mm(tl.trans(q_from_start), do_c, EXACT))
+    tl.store(log_decays + index.to(tl.int64) * K + tl.arange(0, K), tl.sum(g_c, axis=0))
+
+
+@triton.jit(do_not_specialize=RUNTIME_SIZES)
+def _grad_kernel(q, k, v, g, d_o, states, d_states, dq, dk, dv, dg, exact_flags, T, H, rev, col_h, col_w, scale,
+                 gate_norm, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, RAW_GATE: tl.constexpr,
+                 EXACT: tl.constexpr):
+    n = tl.program_id(0)
+    bh = tl.program_id(1)
+    index = bh * tl.num_programs(0) + n
+    row, valid = scan_rows(bh // H, bh % H, n, T, H, rev, col_h, col_w, C)
+    g_c = load_gate(g, row, valid, K, RAW_GATE, gate_norm)
+    b_last = tl.sum(g_c, axis=0)
+    flagged = needs_exact(b_last)
+    tl.store(exact_flags + index, flagged.to(tl.int8))
+    if not flagged:
         q_c = load_tile(q, row, valid, K)
         k_c = load_tile(k, row, valid, K)
         v_c = load_tile(v, row, valid, V)
-        g_c = load_gate(g, row, valid, K, RAW_GATE, gate_norm)
-        do_c, dz_c, dw_c = output_grad(do, z, o_pre, row, valid, w_v, eps, V, NORM)
-        if NORM:
-            store_tile(dz, row, valid, dz_c, V)
-            dw += dw_c
-        state_in = tl.load(state_ptrs(states, bh * n_chunks + n, K, V))
-        b_c = tl.cumsum(g_c, axis=0)
-        b_last = tl.sum(g_c, axis=0)
-        exact = tl.min(b_last, axis=0) <= FAST_PATH_MIN_DECAY
-        tl.store(exact_chunks + bh * n_chunks + n, exact.to(tl.int8))
-        if exact:  # triton_exact adds the intra-chunk terms
-            dq_c = tl.zeros([C, K], dtype=tl.float32)
-            dk_c = tl.zeros([C, K], dtype=tl.float32)
-            dv_c = tl.zeros([C, V], dtype=tl.float32)
-            e_from_start = tl.exp(b_c)
-            e_to_end = decay_to_end(g_c)
-        else:
-            dq_c, dk_c, dv_c, e_from_start, e_to_end = _intra_grads_fast(
-                q_c, k_c, v_c, do_c, b_c, b_last, scale, C, FP32_DOT)
-        dq_c += scale * mm_fine(do_c, tl.trans(state_in), FP32_DOT) * e_from_start
-        dk_c += mm_fine(v_c, tl.trans(d_state), FP32_DOT) * e_to_end
-        dv_c += mm(k_c * e_to_end, d_state, FP32_DOT)
-        # The t == s terms of dq and dk cancel exactly in q dq - k dk: leaving them out keeps the
-        # gate gradient accurate where strong decay makes it tiny next to them.
-        d_gate = q_c * dq_c - k_c * dk_c
-        dg_c = tl.cumsum(d_gate, axis=0, reverse=True) + beyond[None, :]
-        d_diag = scale * tl.sum(do_c.to(tl.float32) * v_c.to(tl.float32), axis=1)[:, None]
-        store_tile(dq, row, valid, dq_c + d_diag * k_c, K)
-        store_tile(dk, row, valid, dk_c + d_diag * q_c, K)
-        store_tile(dv, row, valid, dv_c, V)
-        store_tile(dg, row, valid, gate_input_grad(dg_c, g, row, valid, K, RAW_GATE, gate_norm), K)
-        d_state = tl.exp(b_last)[:, None] * d_state + scale * mm_fine(tl.trans(q_c * e_from_start), do_c, FP32_DOT)
-        beyond = tl.sum(state_in * d_state, axis=1)
-    if NORM:
-        tl.store(dw_parts + (bh * n_segs + seg).to(tl.int64) * V + tl.arange(0, V), dw)
+        do_c = load_tile(d_o, row, valid, V)
+        e_from_start = tl.exp(tl.cumsum(g_c, axis=0))
+        e_to_end = tl.exp(tl.cumsum(g_c, axis=0, reverse=True) - g_c)
+        e_q, e_k = fast_factors(e_from_start, e_to_end, b_last)
+        dS = tl.load(state_ptrs(d_states, index, K, V))
+        store_dv(fast_scores(q_c, k_c, e_q, e_k, C, EXACT), k_c, do_c, e_to_end, dS, scale, dv, row, valid, V, EXACT)
+        d_scores = lower(scale * mm(do_c, tl.trans(v_c), EXACT), C, True)
+        S = tl.load(state_ptrs(states, index, K, V))
+        d_gate, diagonal = store_dq(fast_grad_q(k_c, e_q, e_k, d_scores, EXACT), q_c, k_c, v_c, do_c,
+                                    e_from_start, S, scale, dq, row, valid, K, EXACT)
+        store_dk_dg(fast_grad_k(q_c, e_q, e_k, d_scores, EXACT), d_gate, diagonal, q_c, k_c, v_c, g, b_last,
+                    e_to_end, S, dS, dk, dg, row, valid, gate_norm, K, RAW_GATE, EXACT)
 
 
-def backward(q, k, v, g, d_out, scale: float, order: ScanOrder, height: int, width: int, *,
-             states=None, o_pre=None, gate_norm: float = 0.0, output_gate=None, norm_weight=None,
-             norm_eps: float = 1e-6) -> tuple[torch.Tensor, ...]:
-    """Gradients of `triton_forward.forward` (same arguments) given d_out = dL/d(out).
-
-    states / o_pre: what the forward saved; recomputed by a forward pass when missing.
-    Returns (dq, dk, dv, dg, d_output_gate, d_norm_weight); the last two are empty without the norm,
-    d_norm_weight is float32.
-    """
+def backward(q, k, v, g, output_gate, norm_weight, states, o_pre, d_out, scale: float, gate_norm: float,
+             norm_eps: float, order_args: tuple[int, int, int]) -> tuple:
+    """(dq, dk, dv, dg, d_output_gate, d_norm_weight) of triton_forward.forward (same arguments,
+    contiguous; states and o_pre as it returned them); the last two are None without the norm."""
     B, T, H, K = q.shape
     V = v.shape[-1]
+    grid = (triton.cdiv(T, CHUNK), B * H)
     norm = output_gate is not None
-    if states is None or states.numel() == 0 or (norm and (o_pre is None or o_pre.numel() == 0)):
-        _, states, o_pre = _forward(q, k, v, g, scale, order, height, width, gate_norm=gate_norm,
-                                    output_gate=output_gate, norm_weight=norm_weight, norm_eps=norm_eps,
-                                    save=True)
-    p = plan(B * H, T, q.device)
-    args = order_arguments(order, height, width)
-    extras = (output_gate, norm_weight, o_pre) if norm else (d_out, d_out, d_out)
-    flags = {"K": K, "V": V, "C": CHUNK, "RAW_GATE": gate_norm > 0, "NORM": norm, "FP32_DOT": exact_dots(q)}
-    seg_states = states
-    if p.n_segments > 1:
-        summaries = q.new_empty(B * H, p.n_segments, K, V, dtype=torch.float32)
-        log_decays = q.new_empty(B * H, p.n_segments, K, dtype=torch.float32)
-        _summary_kernel[(p.n_segments - 1, B * H)](
-            q, g, d_out, *extras, summaries, log_decays,
-            T, H, p.n_chunks, p.chunks_per_segment, p.n_segments, *args, scale, gate_norm, norm_eps,
-            **flags, **SUMMARY_LAUNCH)
-        seg_states = scan_segments(summaries, log_decays, reverse=True)
+    d_states = q.new_empty(B * H, grid[0], K, V, dtype=torch.float32)  # first each chunk's D
+    log_decays = q.new_empty(B * H, grid[0], K, dtype=torch.float32)
     grads = tuple(torch.empty_like(x) for x in (q, k, v, g))
-    dz = torch.empty_like(output_gate) if norm else d_out.new_empty(0)
-    dw_parts = q.new_empty((B * H * p.n_segments, V) if norm else (0,), dtype=torch.float32)
-    exact_chunks = q.new_empty(B * H * p.n_chunks, dtype=torch.int8)
-    _backward_kernel[(p.n_segments, B * H)](
-        q, k, v, g, d_out, states, seg_states, *extras, *grads, dz if norm else d_out, dw_parts, exact_chunks,
-        T, H, p.n_chunks, p.chunks_per_segment, p.n_segments, *args, scale, gate_norm, norm_eps,
-        SEGMENTED=p.n_segments > 1, **flags, **BACKWARD_LAUNCH)
-    triton_exact.add_backward(q, k, v, g, d_out, grads, exact_chunks, scale, args, gate_norm, output_gate,
-                              norm_weight, norm_eps, o_pre, exact_dots(q))
-    dw = dw_parts.sum(0) if norm else dw_parts
+    # With the norm, dL/do goes to dv's memory: _grad_kernel reads each chunk's rows of it before
+    # writing dv there (flagged chunks, read by triton_exact, it leaves alone).
+    d_o = grads[2] if norm else d_out
+    dz = torch.empty_like(output_gate) if norm else None
+    dw_parts = q.new_empty(B * H * grid[0], V, dtype=torch.float32) if norm else None
+    _grad_summary_kernel[grid](q, g, d_out, output_gate, norm_weight, o_pre, d_o, dz, dw_parts, d_states,
+                               log_decays, T, H, *order_args, scale, gate_norm, norm_eps, NORM=norm,
+                               **flags(q, v, gate_norm), **GRAD_SUMMARY_LAUNCH)
+    scan_states(d_states, log_decays, reverse=True)
+    exact_flags = q.new_empty(B * H, grid[0], dtype=torch.int8)
+    _grad_kernel[grid](q, k, v, g, d_o, states, d_states, *grads, exact_flags, T, H, *order_args, scale, gate_norm,
+                       **flags(q, v, gate_norm), **GRAD_LAUNCH)
+    triton_exact.complete_backward(q, k, v, g, d_o, states, d_states, grads, exact_flags, scale, gate_norm,
+                                   order_args)
+    dw = dw_parts.sum(0).to(norm_weight.dtype) if norm else None
     return (*grads, dz, dw)

@@ -1,12 +1,14 @@
-"""Triton GLA forward: per-segment state sums, then the output sweep (see triton_segments).
+"""Triton GLA forward: chunk summaries, the state scan, then every chunk's output in parallel.
 
-Within a chunk of C scan steps with in-chunk cumulative gates b_t (b_last = b_{C-1}):
-    o_t = scale * [ (q_t e^{b_t}) S_in + sum_{s<=t} <q_t, k_s e^{b_t - b_s}> v_s ]
-    S_out = e^{b_last} S_in + sum_s (k_s e^{b_last - b_s})^T v_s
-Every exponent there is <= 0 except in the intra-chunk scores. This kernel factors those as
-(q_t e^{b_t - rho}) (k_s e^{rho - b_s}) with rho = b_last / 2 (one matrix product); a chunk where
-some channel decays by more than FAST_PATH_MIN_DECAY is flagged instead and gets its
-intra-chunk part from triton_exact.
+Per chunk of C scan steps with in-chunk cumulative log-gates b (b_last: over the whole chunk),
+the state S entering it ([K, V] float32) and its intra-chunk scores A (triton_intra):
+    o_t   = scale * [ sum_{s<=t} A_ts v_s + (q_t e^{b_t}) S ]
+    Delta = sum_s (k_s e^{b_last - b_s})^T v_s            (the state the chunk builds from zero)
+1. _summary_kernel, a program per chunk: Delta and b_last.
+2. triton_scan: S for every chunk from those.
+3. _output_kernel, a program per chunk: o, then the gated RMSNorm; writes out (and o for the
+   backward). Chunks that decay too strongly for its fast intra-chunk path are flagged instead
+   and completed by triton_exact.
 """
 from __future__ import annotations
 
@@ -15,156 +17,83 @@ import triton
 import triton.language as tl
 
 from . import triton_exact
-from .scan_order import ScanOrder
-from .triton_common import (
-    CHUNK,
-    FAST_PATH_MIN_DECAY,
-    decay_to_end,
-    gated_rms_norm,
-    load_gate,
-    load_tile,
-    mm,
-    mm_fine,
-    scan_rows,
-    state_ptrs,
-    store_tile,
-)
-from .triton_segments import order_arguments, plan, scan_segments
+from .triton_chunk import chunk_output, store_output
+from .triton_intra import fast_factors, fast_scores, needs_exact
+from .triton_scan import scan_states
+from .triton_tiles import CHUNK, load_gate, load_tile, mm, scan_rows, state_ptrs
 
-# Launch settings (chosen by bench/gla.py's sweep on an H100).
-FORWARD_LAUNCH = {"num_warps": 8, "num_stages": 2}
-SUMMARY_LAUNCH = {"num_warps": 4, "num_stages": 2}
+# Launch settings at DiG's head dims (key 32, value 64): registers per thread without spills,
+# and programs per multiprocessor, from bench/gla_resources.py (sm_90).
+SUMMARY_LAUNCH = {"num_warps": 4, "num_stages": 1}  # 72 registers, up to 7 programs
+OUTPUT_LAUNCH = {"num_warps": 4, "num_stages": 1}  # 128 registers, 4 programs
+# Sizes that vary per call: no recompiling for each (Triton would specialise on divisibility).
+RUNTIME_SIZES = ["T", "H", "rev", "col_h", "col_w"]
 
 
-@triton.jit
-def _intra_fast(q, k, v, b, b_last, C: tl.constexpr, FP32_DOT: tl.constexpr):
-    """Unscaled intra-chunk output [C, V], plus e^{b} and e^{b_last - b} ([C, K])."""
-    rho = 0.5 * b_last
-    e_q = tl.exp(b - rho[None, :])
-    e_k = tl.exp(rho[None, :] - b)
-    e_rho = tl.exp(rho)[None, :]
-    rows = tl.arange(0, C)
-    scores = mm(q * e_q, tl.trans(k * e_k), FP32_DOT)
-    scores = tl.where(rows[:, None] >= rows[None, :], scores, 0.0)
-    return mm(scores, v, FP32_DOT), e_q * e_rho, e_k * e_rho
-
-
-@triton.jit(do_not_specialize=["T", "H", "n_chunks", "chunks_per_seg", "n_segs", "rev", "col_h", "col_w"])
-def _summary_kernel(k, v, g, summaries, log_decays,
-                    T, H, n_chunks, chunks_per_seg, n_segs, rev, col_h, col_w, gate_norm,
-                    K: tl.constexpr, V: tl.constexpr, C: tl.constexpr,
-                    RAW_GATE: tl.constexpr, FP32_DOT: tl.constexpr):
-    """State built by one segment alone (from zero), and its total log-decay."""
-    seg = tl.program_id(0)
+@triton.jit(do_not_specialize=RUNTIME_SIZES)
+def _summary_kernel(k, v, g, contributions, log_decays, T, H, rev, col_h, col_w, gate_norm,
+                    K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, RAW_GATE: tl.constexpr, EXACT: tl.constexpr):
+    n = tl.program_id(0)
     bh = tl.program_id(1)
-    b, h = bh // H, bh % H
-    state = tl.zeros([K, V], dtype=tl.float32)
-    total = tl.zeros([K], dtype=tl.float32)
-    first = seg * chunks_per_seg
-    for n in range(first, tl.minimum(first + chunks_per_seg, n_chunks)):
-        row, valid = scan_rows(b, h, n, T, H, rev, col_h, col_w, C)
-        k_c = load_tile(k, row, valid, K)
-        v_c = load_tile(v, row, valid, V)
-        g_c = load_gate(g, row, valid, K, RAW_GATE, gate_norm)
-        b_last = tl.sum(g_c, axis=0)
-        state = tl.exp(b_last)[:, None] * state + mm_fine(tl.trans(k_c * decay_to_end(g_c)), v_c, FP32_DOT)
-        total += b_last
-    index = bh * n_segs + seg
-    tl.store(state_ptrs(summaries, index, K, V), state)
-    tl.store(log_decays + index.to(tl.int64) * K + tl.arange(0, K), total)
+    row, valid = scan_rows(bh // H, bh % H, n, T, H, rev, col_h, col_w, C)
+    k_c = load_tile(k, row, valid, K)
+    v_c = load_tile(v, row, valid, V)
+    g_c = load_gate(g, row, valid, K, RAW_GATE, gate_norm)
+    to_end = tl.exp(tl.cumsum(g_c, axis=0, reverse=True) - g_c)  # e^{b_last - b}, summed from the end
+    index = bh * tl.num_programs(0) + n
+    tl.store(state_ptrs(contributions, index, K, V), mm(tl.trans(k_c * to_end), v_c, EXACT))
+    tl.store(log_decays + index.to(tl.int64) * K + tl.arange(0, K), tl.sum(g_c, axis=0))
 
 
-@triton.jit(do_not_specialize=["T", "H", "n_chunks", "chunks_per_seg", "n_segs", "rev", "col_h", "col_w"])
-def _forward_kernel(q, k, v, g, out, states, seg_states, z, w, o_pre, exact_chunks,
-                    T, H, n_chunks, chunks_per_seg, n_segs, rev, col_h, col_w, scale, gate_norm, eps,
-                    K: tl.constexpr, V: tl.constexpr, C: tl.constexpr,
-                    RAW_GATE: tl.constexpr, NORM: tl.constexpr, SAVE: tl.constexpr,
-                    SEGMENTED: tl.constexpr, FP32_DOT: tl.constexpr):
-    seg = tl.program_id(0)
+@triton.jit(do_not_specialize=RUNTIME_SIZES)
+def _output_kernel(q, k, v, g, z, w, states, out, o_pre, exact_flags, T, H, rev, col_h, col_w, scale, gate_norm,
+                   eps, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, RAW_GATE: tl.constexpr,
+                   NORM: tl.constexpr, SAVE: tl.constexpr, EXACT: tl.constexpr):
+    n = tl.program_id(0)
     bh = tl.program_id(1)
-    b, h = bh // H, bh % H
-    if SEGMENTED:
-        state = tl.load(state_ptrs(seg_states, bh * n_segs + seg, K, V))
-    else:
-        state = tl.zeros([K, V], dtype=tl.float32)
-    if NORM:
-        w_v = tl.load(w + tl.arange(0, V)).to(tl.float32)
-    first = seg * chunks_per_seg
-    for n in range(first, tl.minimum(first + chunks_per_seg, n_chunks)):
-        row, valid = scan_rows(b, h, n, T, H, rev, col_h, col_w, C)
+    index = bh * tl.num_programs(0) + n
+    row, valid = scan_rows(bh // H, bh % H, n, T, H, rev, col_h, col_w, C)
+    g_c = load_gate(g, row, valid, K, RAW_GATE, gate_norm)
+    b = tl.cumsum(g_c, axis=0)
+    b_last = tl.sum(g_c, axis=0)
+    flagged = needs_exact(b_last)
+    tl.store(exact_flags + index, flagged.to(tl.int8))
+    if not flagged:
         q_c = load_tile(q, row, valid, K)
         k_c = load_tile(k, row, valid, K)
         v_c = load_tile(v, row, valid, V)
-        g_c = load_gate(g, row, valid, K, RAW_GATE, gate_norm)
-        if SAVE:
-            tl.store(state_ptrs(states, bh * n_chunks + n, K, V), state)
-        b_c = tl.cumsum(g_c, axis=0)
-        b_last = tl.sum(g_c, axis=0)
-        exact = tl.min(b_last, axis=0) <= FAST_PATH_MIN_DECAY
-        tl.store(exact_chunks + bh * n_chunks + n, exact.to(tl.int8))
-        if exact:  # triton_exact adds the intra-chunk part
-            o_c = tl.zeros([C, V], dtype=tl.float32)
-            e_from_start = tl.exp(b_c)
-            e_to_end = decay_to_end(g_c)
-        else:
-            o_c, e_from_start, e_to_end = _intra_fast(q_c, k_c, v_c, b_c, b_last, C, FP32_DOT)
-        o_c = scale * (o_c + mm(q_c * e_from_start, state, FP32_DOT))
-        state = tl.exp(b_last)[:, None] * state + mm_fine(tl.trans(k_c * e_to_end), v_c, FP32_DOT)
-        if NORM:
-            if SAVE:
-                store_tile(o_pre, row, valid, o_c, V)
-            normed = gated_rms_norm(o_c, load_tile(z, row, valid, V).to(tl.float32), w_v, eps, V)
-            o_c = tl.where(exact, o_c, normed)  # an exact chunk's norm waits for its full output
-        store_tile(out, row, valid, o_c, V)
+        e_from_start = tl.exp(b)
+        e_q, e_k = fast_factors(e_from_start, tl.exp(b_last[None, :] - b), b_last)
+        A = fast_scores(q_c, k_c, e_q, e_k, C, EXACT)
+        o = chunk_output(q_c, v_c, A, e_from_start, tl.load(state_ptrs(states, index, K, V)), scale, EXACT)
+        store_output(o, z, w, out, o_pre, row, valid, eps, V, NORM, SAVE)
 
 
-def exact_dots(x: torch.Tensor) -> bool:
-    """float32 inputs (and the CPU interpreter) multiply in exact float32; others in bf16 / tf32."""
-    return x.dtype == torch.float32 or x.device.type != "cuda"
+def flags(q: torch.Tensor, v: torch.Tensor, gate_norm: float) -> dict:
+    """Compile-time arguments shared by the kernels; float32 inputs get exact float32 products."""
+    return {"K": q.shape[-1], "V": v.shape[-1], "C": CHUNK, "RAW_GATE": gate_norm > 0,
+            "EXACT": q.dtype == torch.float32}
 
 
-def segment_summaries(k, v, g, p, order_args, gate_norm: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-segment state sums [BH, n_segs, K, V] and log-decays [BH, n_segs, K] (last segment unused)."""
-    B, T, H, K = k.shape
-    V = v.shape[-1]
-    summaries = k.new_empty(B * H, p.n_segments, K, V, dtype=torch.float32)
-    log_decays = k.new_empty(B * H, p.n_segments, K, dtype=torch.float32)
-    _summary_kernel[(p.n_segments - 1, B * H)](
-        k, v, g, summaries, log_decays, T, H, p.n_chunks, p.chunks_per_segment, p.n_segments,
-        *order_args, gate_norm, K=K, V=V, C=CHUNK, RAW_GATE=gate_norm > 0, FP32_DOT=exact_dots(k),
-        **SUMMARY_LAUNCH)
-    return summaries, log_decays
-
-
-def forward(q, k, v, g, scale: float, order: ScanOrder, height: int, width: int, *,
-            gate_norm: float = 0.0, output_gate=None, norm_weight=None, norm_eps: float = 1e-6,
-            save: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """GLA forward over contiguous [B, T, H, D] tensors in scan order `order`.
-
-    gate_norm > 0: g holds raw gate logits x and the gates are logsigmoid(x) / gate_norm.
-    output_gate ([B, T, H, V]) with norm_weight ([V]): returns RMSNorm(o) * weight * silu(gate)
-    per head instead of o. save: also return the state entering every chunk
-    ([B*H, n_chunks, K, V] float32) and, with the norm, o itself, for `backward`.
-    Returns (out, states, o_pre); the last two are empty unless saved.
-    """
+def forward(q, k, v, g, output_gate, norm_weight, scale: float, gate_norm: float, norm_eps: float,
+            order_args: tuple[int, int, int], save: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(out, states, o_pre) of the op (see op.py) over contiguous tensors; order_args from
+    `triton_backend.order_arguments`."""
     B, T, H, K = q.shape
     V = v.shape[-1]
-    p = plan(B * H, T, q.device)
-    args = order_arguments(order, height, width)
+    grid = (triton.cdiv(T, CHUNK), B * H)
+    states = q.new_empty(B * H, grid[0], K, V, dtype=torch.float32)  # first each chunk's Delta
+    log_decays = q.new_empty(B * H, grid[0], K, dtype=torch.float32)
+    _summary_kernel[grid](k, v, g, states, log_decays, T, H, *order_args, gate_norm,
+                          **flags(q, v, gate_norm), **SUMMARY_LAUNCH)
+    scan_states(states, log_decays, reverse=False)
     norm = output_gate is not None
     out = torch.empty_like(v)
-    states = q.new_empty((B * H, p.n_chunks, K, V) if save else (0,), dtype=torch.float32)
     o_pre = torch.empty_like(v) if save and norm else v.new_empty(0)
-    seg_states = states
-    if p.n_segments > 1:
-        seg_states = scan_segments(*segment_summaries(k, v, g, p, args, gate_norm), reverse=False)
-    exact_chunks = q.new_empty(B * H * p.n_chunks, dtype=torch.int8)
-    extras = (output_gate, norm_weight) if norm else (out, out)
-    _forward_kernel[(p.n_segments, B * H)](
-        q, k, v, g, out, states, seg_states, *extras, o_pre, exact_chunks,
-        T, H, p.n_chunks, p.chunks_per_segment, p.n_segments, *args, scale, gate_norm, norm_eps,
-        K=K, V=V, C=CHUNK, RAW_GATE=gate_norm > 0, NORM=norm, SAVE=save,
-        SEGMENTED=p.n_segments > 1, FP32_DOT=exact_dots(q), **FORWARD_LAUNCH)
-    triton_exact.add_forward(q, k, v, g, out, exact_chunks, scale, args, gate_norm, output_gate, norm_weight,
-                             norm_eps, o_pre, exact_dots(q))
+    exact_flags = q.new_empty(B * H, grid[0], dtype=torch.int8)
+    _output_kernel[grid](q, k, v, g, output_gate, norm_weight, states, out, o_pre, exact_flags, T, H, *order_args,
+                         scale, gate_norm, norm_eps, NORM=norm, SAVE=save and norm, **flags(q, v, gate_norm),
+                         **OUTPUT_LAUNCH)
+    triton_exact.complete_forward(q, k, v, g, output_gate, norm_weight, states, out, o_pre, exact_flags, scale,
+                                  gate_norm, norm_eps, order_args)
     return out, states, o_pre

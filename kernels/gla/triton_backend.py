@@ -1,0 +1,55 @@
+"""The `triton` GLA backend: the op's signature (op.py) on the kernels of triton_forward/backward.
+
+Nothing here syncs with the host and every launch follows from the input shapes, so a call
+captures in a CUDA graph; torch.compile sees the op as one node.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from . import triton_backward, triton_forward
+from .op import GLABackend, register_backend
+from .scan_order import ScanOrder
+from .triton_tiles import CHUNK
+
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def order_arguments(order: ScanOrder, height: int, width: int) -> tuple[int, int, int]:
+    """(reverse, col_h, col_w) for `scan_rows`: row orders use the identity col_h=1, col_w=T."""
+    if order.column_major:
+        return int(order.reverse), height, width
+    return int(order.reverse), 1, height * width
+
+
+def _check(q: torch.Tensor, v: torch.Tensor) -> None:
+    for name, d in (("key", q.shape[-1]), ("value", v.shape[-1])):
+        if d < 16 or d & (d - 1):
+            raise ValueError(f"the triton GLA backend needs head dims that are powers of two >= 16; "
+                             f"the {name} head dim is {d} (use backend='torch')")
+    if q.dtype not in _DTYPES:
+        raise ValueError(f"the triton GLA backend takes {', '.join(map(str, _DTYPES))} inputs, got {q.dtype} "
+                         "(use backend='torch')")
+
+
+def _contiguous(*xs):
+    return tuple(None if x is None else x.contiguous() for x in xs)
+
+
+def _forward(q, k, v, g, output_gate, norm_weight, scale, normalizer, eps, order, height, width, save):
+    _check(q, v)
+    return triton_forward.forward(*_contiguous(q, k, v, g, output_gate, norm_weight), scale, normalizer, eps,
+                                  order_arguments(order, height, width), save)
+
+
+def _backward(q, k, v, g, output_gate, norm_weight, states, o_pre, d_out, scale, normalizer, eps, order, height,
+              width):
+    return triton_backward.backward(*_contiguous(q, k, v, g, output_gate, norm_weight), states, o_pre,
+                                    d_out.contiguous(), scale, normalizer, eps, order_arguments(order, height, width))
+
+
+# Under TRITON_INTERPRET=1 the kernels run on CPU tensors (how CI tests them).
+_DEVICES = ("cuda", "cpu") if os.environ.get("TRITON_INTERPRET") == "1" else ("cuda",)
+register_backend("triton", GLABackend(_forward, _backward, lambda T: CHUNK, devices=_DEVICES))

@@ -1,0 +1,58 @@
+"""The only sequential part of the Triton GLA: a scan over per-chunk [K, V] states.
+
+Forward, with Delta_n the state chunk n builds from zero and a_n its log-decay (sum of its gates):
+    S_0 = 0,   S_{n+1} = e^{a_n} S_n + Delta_n          (S_n: the state entering chunk n)
+Backward, the same recurrence run from the last chunk, over D_n = the gradient chunk n sends to
+the state entering it: dS_{N-1} = 0, dS_{n-1} = e^{a_n} dS_n + D_n (dS_n: gradient w.r.t. the
+state leaving chunk n). Both are exclusive scans, done in place: chunk n's contribution is
+replaced by the state entering it (the gradient leaving it). Each element (k, v) of the state is
+its own linear recurrence: a program takes one key row k (all V columns) of one sequence and walks
+the chunks in blocks of P. Within a block the recurrence is a product with the P x P matrix of
+decays between its chunks (all exponents <= 0), between blocks a carried state: every chunk of a
+block is loaded at once, and the chain of dependent steps is N / P long, not N.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+SCAN_BLOCK = 32  # chunks per block
+SCAN_WARPS = 4
+
+
+@triton.jit(do_not_specialize=["n_chunks"])
+def _scan_kernel(states, log_decays, n_chunks, K: tl.constexpr, V: tl.constexpr, P: tl.constexpr,
+                 REVERSE: tl.constexpr):
+    bh = tl.program_id(0)
+    key = tl.program_id(1)
+    block = tl.arange(0, P)
+    base = bh.to(tl.int64) * n_chunks
+    carry = tl.zeros([V], dtype=tl.float32)
+    for start in range(0, n_chunks, P):
+        step = start + block
+        valid = step < n_chunks
+        chunk = n_chunks - 1 - step if REVERSE else step
+        ptrs = states + ((base + chunk) * K + key)[:, None] * V + tl.arange(0, V)[None, :]
+        x = tl.load(ptrs, mask=valid[:, None], other=0.0)
+        # Log-decays from the block's start to the end (after) and the start (before) of each chunk,
+        # in float64: their differences are the decays between chunks, and in float32 a strongly
+        # decayed block's sums would leave the nearest chunk's e^0 off by 1e-5.
+        a = tl.load(log_decays + (base + chunk) * K + key, mask=valid, other=0.0).to(tl.float64)
+        after = tl.cumsum(a, axis=0)
+        before = after - a
+        earlier = block[:, None] > block[None, :]
+        between = tl.exp(tl.where(earlier, (before[:, None] - after[None, :]).to(tl.float32), float("-inf")))
+        tl.store(ptrs, tl.dot(between, x, input_precision="ieee")
+                 + tl.exp(before.to(tl.float32))[:, None] * carry[None, :], mask=valid[:, None])
+        total = tl.sum(a, axis=0)
+        carry = tl.exp(total.to(tl.float32)) * carry + tl.sum(tl.exp((total - after).to(tl.float32))[:, None] * x, 0)
+
+
+def scan_states(contributions: torch.Tensor, log_decays: torch.Tensor, reverse: bool) -> torch.Tensor:
+    """contributions [BH, N, K, V], log_decays [BH, N, K] (float32), in place -> the state entering
+    each chunk (forward) or the gradient w.r.t. the state leaving it (reverse); returns it."""
+    BH, N, K, V = contributions.shape
+    _scan_kernel[(BH, K)](contributions, log_decays, N, K=K, V=V, P=SCAN_BLOCK, REVERSE=reverse,
+                          num_warps=SCAN_WARPS)
+    return contributions
