@@ -7,13 +7,11 @@ import pytest
 import torch
 from engine_runs import assert_ok, launch, run_dir, write_config
 
-checkpoints = pytest.importorskip("dig_scale.checkpoint",
-                                  reason="the checkpoint API (dig_scale.checkpoint) is not merged yet")
-
-from dig_scale.demo_loop import close_the_loop  # noqa: E402
-from dig_scale.export import ExportError, export  # noqa: E402
-from dig_scale.models import load_pretrained  # noqa: E402
-from dig_scale.models.pretrained import read_pretrained_config  # noqa: E402
+from dig_scale import checkpoint as checkpoints
+from dig_scale.demo_loop import close_the_loop
+from dig_scale.export import ExportError, export
+from dig_scale.models import load_pretrained
+from dig_scale.models.pretrained import read_pretrained_config
 
 # The demo's model and data, 1,000 steps of 32 images on 2 ranks: long enough for the labels to
 # matter (measured: 46% accuracy at cfg 10 with 25 DDIM steps; 10% is chance).
