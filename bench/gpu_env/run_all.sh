@@ -16,7 +16,7 @@ gpus=$(python3 -c "import torch; print(torch.cuda.device_count())")
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
 
 gla_lane() {
-    python3 -m pytest -q -p no:cacheprovider tests/test_gla_triton.py tests/test_gla_torch.py 2>&1 | tail -n 15
+    python3 -m pytest -q -p no:cacheprovider tests/test_gla_triton.py 2>&1 | tail -n 15
     python3 bench/gla.py --skip model-step --out "$out/gla" 2>&1
 }
 step_lane() {
