@@ -410,57 +410,68 @@ def _fmt(value, digits: int = 1) -> str:
 
 
 def write_report(results: list[Path], out: Path) -> Path:
-    """Markdown tables and a PNG plot of the entries in `results` (later entries win)."""
-    entries = [json.loads(line) for path in results for line in path.read_text().splitlines() if line.strip()]
+    """Markdown tables and a PNG plot of every entry in `results`; each row names the file (run)
+    it came from, so results of different runs are never mixed silently."""
+    entries = [{**json.loads(line), "run": path.stem} for path in results for line in path.read_text().splitlines()
+               if line.strip()]
     setup = next(e for e in reversed(entries) if e["section"] == "setup")
-    ceilings = next(e for e in reversed(entries) if e["section"] == "ceilings")
     card = setup["card"]
     lines = [f"# Training step speed on one {card}", "",
              f"{setup['date']}; torch {setup['torch']}, " + ", ".join(f"{k} {v}" for k, v in setup["versions"].items())
-             + f". Measured ceilings: copy {ceilings['copy_TBps']:.2f} TB/s, bf16 matmul "
-             f"{ceilings['bf16_matmul_TFLOPs']:.0f} TFLOP/s (the MFU denominator). FLOPs: every matmul of the forward "
-             "(`flops_per_image()`), x3 for forward+backward. Written by `bench/train_step.py --report`.", ""]
-    bare = {(e["model"], e["res"], e["contender"]): e for e in entries if e["section"] == "bare"}
+             + ". FLOPs: every matmul of the forward (`flops_per_image()`), x3 for forward+backward; MFU divides by "
+             "the bf16 matmul rate measured in the same run. Written by `bench/train_step.py --report` from "
+             + ", ".join(f"`{p.name}`" for p in results) + " (the `run` column).", "",
+             "| run | copy TB/s | bf16 matmul TFLOP/s |", "|---|---|---|"]
+    lines += [f"| {e['run']} | {e['copy_TBps']:.2f} | {e['bf16_matmul_TFLOPs']:.0f} |"
+              for e in entries if e["section"] == "ceilings"]
+    lines.append("")
+    bare = [e for e in entries if e["section"] == "bare"]
     if bare:
         lines += ["## Bare model step (fp32 weights, bf16 autocast, fused AdamW, diffusion loss)", "",
-                  "| model | px | batch | contender | ms/step | img/s | tokens/s | MFU | peak GB | kernels/step | "
-                  "first step s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-        for (model, res, contender), e in sorted(bare.items()):
+                  "| run | model | px | batch | contender | ms/step | img/s | tokens/s | MFU | peak GB | kernels/step "
+                  "| first step s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for e in sorted(bare, key=lambda e: (e["model"], e["res"], e["contender"], e["run"])):
+            head = f"| {e['run']} | {e['model']}/2 | {e['res']} | {e['batch']} | {e['contender']} |"
             if "error" in e:
-                lines.append(f"| {model}/2 | {res} | {e['batch']} | {contender} | failed: {e['error'][:60]} |"
-                             " | | | | | |")
+                reason = e["error"].splitlines()[0][:70]
+                lines.append(f"{head} failed: {reason} | | | | | | |")
                 continue
-            lines.append(f"| {model}/2 | {res} | {e['batch']} | {contender} | {_fmt(e['ms'])} | {_fmt(e['img_per_s'])} "
-                         f"| {e['tokens_per_s'] / 1e3:.0f}k | {100 * e['mfu']:.1f}% | {_fmt(e.get('peak_gb'))} | "
-                         f"{_fmt(e.get('kernels_per_step'), 0)} | {_fmt(e.get('first_step_s'))} |")
+            lines.append(f"{head} {_fmt(e['ms'])} | {_fmt(e['img_per_s'])} | {e['tokens_per_s'] / 1e3:.0f}k | "
+                         f"{100 * e['mfu']:.1f}% | {_fmt(e.get('peak_gb'))} | {_fmt(e.get('kernels_per_step'), 0)} | "
+                         f"{_fmt(e.get('first_step_s'))} |")
         lines.append("")
-    trainer = {e["name"]: e for e in entries if e["section"] == "trainer"}
+    trainer = [e for e in entries if e["section"] == "trainer"]
     if trainer:
         lines += ["## The real trainer (`python -m dig_scale.train`, ZeRO-2, bf16, 256 px, 32 images per GPU)", "",
-                  "| run | GPUs | img/s per GPU | ms/step | MFU | peak GB | data wait | overrides |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for name, e in sorted(trainer.items()):
+                  "Throughput of the last logging window (after compilation).", "",
+                  "| run | name | GPUs | img/s per GPU | ms/step | MFU | peak GB | data wait | overrides |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for e in sorted(trainer, key=lambda e: (e["name"], e["run"])):
+            head = f"| {e['run']} | {e['name']} | {e['gpus']} |"
             if "error" in e:
-                lines.append(f"| {name} | {e['gpus']} | failed | | | | | {' '.join(e['overrides'])} |")
+                reason = next((ln for ln in reversed(e["error"].splitlines()) if "Error" in ln),
+                              e["error"].strip().splitlines()[-1])[:80]
+                lines.append(f"{head} failed: {reason} | | | | | {' '.join(e['overrides'])} |")
                 continue
-            lines.append(f"| {name} | {e['gpus']} | {_fmt(e['img_per_s'])} | {_fmt(e['ms'])} | {100 * e['mfu']:.1f}% | "
+            lines.append(f"{head} {_fmt(e['img_per_s'])} | {_fmt(e['ms'])} | {100 * e['mfu']:.1f}% | "
                          f"{_fmt(e['peak_gb'])} | {100 * e['data_wait']:.1f}% | {' '.join(e['overrides'])} |")
         lines.append("")
     for e in entries:
         if e["section"] == "trainer_profile":
             phases = ", ".join(f"{k} {v:.1f} ms" for k, v in e["phases_ms"].items())
-            lines.append(f"Trainer phases (DiG-XL/2 compiled, device syncs between phases): {phases}; "
+            lines.append(f"- {e['run']}: trainer phases (DiG-XL/2 compiled, device syncs between phases): {phases}; "
                          f"{e['kernels_per_step']:.0f} kernels per step.")
         if e["section"] == "loader":
-            lines.append(f"Loader alone: {e['samples_per_s']:.0f} samples/s per rank (batch {e['batch']}, "
-                         f"{e['workers']} workers, local MDS shards).")
+            lines.append(f"- {e['run']}: the loader alone delivers {e['samples_per_s']:.0f} samples/s per rank "
+                         f"(batch {e['batch']}, {e['workers']} workers, local MDS shards).")
         if e["section"] == "conv":
-            lines.append(f"Depthwise conv fwd+bwd {e['shape']}: {e['variant']} {e['fwd_bwd_ms']:.3f} ms wall, "
-                         f"{_fmt(e.get('fwd_bwd_gpu_ms'), 3)} ms of kernels (floor {e['floor_ms']:.3f} ms).")
+            lines.append(f"- {e['run']}: depthwise conv fwd+bwd {e['shape']}, {e['variant']}: {e['fwd_bwd_ms']:.3f} ms "
+                         f"wall, {_fmt(e.get('fwd_bwd_gpu_ms'), 3)} ms of kernels (floor {e['floor_ms']:.3f} ms).")
         if e["section"] == "memory":
-            lines.append(f"Memory {e['model']}, activation checkpointing {e['activation_checkpointing']}: "
-                         f"max micro-batch at 256 px {e['max_batch_256px']}, max resolution at batch 1 "
-                         f"{e['max_res_batch1']} px{' (capped)' if e['max_res_capped'] else ''}.")
+            lines.append(f"- {e['run']}: memory {e['model']}, activation checkpointing "
+                         f"{e['activation_checkpointing']}: max micro-batch at 256 px {e['max_batch_256px']}, "
+                         f"max resolution at batch 1 {e['max_res_batch1']} px"
+                         + (" (capped)." if e["max_res_capped"] else "."))
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"train_step_{card.lower().replace(' ', '_')}"
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
@@ -468,8 +479,9 @@ def write_report(results: list[Path], out: Path) -> Path:
     return stem.with_suffix(".md")
 
 
-def _plot(bare: dict, path: Path, card: str) -> None:
-    """Images/s against resolution, one line per (model size, contender)."""
+def _plot(bare: list[dict], path: Path, card: str) -> None:
+    """Images/s against resolution, one line per (run, model size, contender) measured at more than
+    one resolution."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -477,14 +489,18 @@ def _plot(bare: dict, path: Path, card: str) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     series: dict = {}
-    for (model, res, contender), e in bare.items():
+    for e in bare:
         if "error" not in e:
-            series.setdefault((model, contender), []).append((res, e["img_per_s"]))
-    for (model, contender), points in sorted(series.items()):
-        points.sort()
-        ax.plot(*zip(*points), marker="o", label=f"{model}/2 {contender}")
-    ax.set(xscale="log", yscale="log", xlabel="image side (px)", ylabel="training images/s (bare step)",
-           title=f"DiG vs DiT training throughput, one {card}")
+            series.setdefault((e["run"], e["model"], e["contender"]), []).append((e["res"], e["img_per_s"]))
+    for (run, model, contender), points in sorted(series.items()):
+        if len(points) > 1:
+            points.sort()
+            ax.plot(*zip(*points), marker="o", linestyle=":", label=f"{model}/2 {contender} ({run})")
+    resolutions = sorted({res for points in series.values() for res, _ in points})
+    ax.set(xscale="log", yscale="log", xlabel="image side (px); dotted lines only join measured points",
+           ylabel="training images/s (bare step)", title=f"DiG vs DiT training throughput, one {card}")
+    ax.set_xticks(resolutions, [str(r) for r in resolutions])
+    ax.minorticks_off()
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()

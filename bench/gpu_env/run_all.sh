@@ -12,6 +12,8 @@ out=${1:?usage: run_all.sh OUT_DIR}
 export PYTHONUNBUFFERED=1
 mkdir -p "$out/step"
 scratch=$(mktemp -d)
+# Fail in seconds, not after the first benchmark, when the image lacks something the code imports.
+python3 -c "import dig_scale.train.trainer, dig_scale.sample, dig_scale.export, fla, deepspeed, streaming" || exit 1
 gpus=$(python3 -c "import torch; print(torch.cuda.device_count())")
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
 
