@@ -1,9 +1,10 @@
 """Where this process sits in a job, read from the launcher's environment variables, in one place
 for every entry point (the trainer and data_prep/encode.py).
 
-- torchrun (and the `deepspeed` launcher): RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE. A
-  Kubernetes indexed job runs torchrun in each pod with `--node_rank=$JOB_COMPLETION_INDEX`, so
-  its processes read exactly like any other torchrun job.
+- torchrun (and the `deepspeed` launcher): RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE.
+  launchers/node_launch.py (local.sh, and every pod of a Kubernetes indexed job with
+  `--node-rank $JOB_COMPLETION_INDEX`) sets the same variables, so its processes read exactly
+  like any torchrun job.
 - Slurm srun, one task per GPU: SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, and the tasks per node
   from SLURM_STEP_TASKS_PER_NODE (or SLURM_TASKS_PER_NODE) at SLURM_NODEID.
 - Anything else (a plain `python ...`, or a batch shell with one Slurm task) is a world of one.
