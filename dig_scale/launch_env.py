@@ -75,7 +75,9 @@ def detect_place(env: Mapping[str, str] | None = None) -> ProcessPlace:
         place = ProcessPlace(_int(env, "SLURM_PROCID"), world, _int(env, "SLURM_LOCALID", 0), local_world, "slurm")
     else:
         return ProcessPlace(0, 1, 0, 1, "single")
-    if not (0 <= place.rank < place.world_size and 0 <= place.local_rank < place.local_world_size):
+    if not (0 <= place.rank < place.world_size and 0 <= place.local_rank < place.local_world_size
+            and place.world_size % place.local_world_size == 0):
         raise LaunchEnvError(f"{place.launcher} environment gives rank {place.rank} of {place.world_size}, local rank "
-                             f"{place.local_rank} of {place.local_world_size}: expected 0 <= rank < world size")
+                             f"{place.local_rank} of {place.local_world_size}: expected 0 <= rank < world size and "
+                             "the same number of processes on every node")
     return place

@@ -20,9 +20,12 @@ DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 @pytest.fixture
 def run_in_process(monkeypatch):
-    """sample.main in this process, as a world of one; its process-group env vars are undone after."""
+    """sample.main in this process, as a world of one; the process-group env vars it sets are undone
+    after (setenv first: monkeypatch undoes a delenv only of a variable that existed), so that no later
+    test's subprocess inherits RANK=0 WORLD_SIZE=1."""
     for name in DIST_VARS:
-        monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     return sample.main
 
 
