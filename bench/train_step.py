@@ -372,9 +372,10 @@ def profile_trainer_child(config: str, overrides: list[str], steps: int) -> None
     """In-process: build the real Trainer, then time its phases with device syncs between them, and
     profile two real train_step calls (kernels per step, GPU-busy fraction)."""
     from dig_scale.config import load_config
+    from dig_scale.train.preemption import PreemptionHandler
     from dig_scale.train.trainer import Trainer
 
-    trainer = Trainer(load_config(ROOT / "configs" / config, overrides))
+    trainer = Trainer(load_config(ROOT / "configs" / config, overrides), PreemptionHandler())
     batches = iter(trainer.loader)
     batch = next(batches)
     for _ in range(3):

@@ -98,14 +98,14 @@ def test_second_signal_exits_at_once():
     program = textwrap.dedent("""
         import sys, time
         from dig_scale.train.preemption import PreemptionHandler
-        handler = PreemptionHandler()
-        print("ready", flush=True)
-        while True:
-            time.sleep(0.05)
-            if handler.received:
-                print("first", flush=True)
-                while True:
-                    time.sleep(0.05)
+        with PreemptionHandler() as handler:
+            print("ready", flush=True)
+            while True:
+                time.sleep(0.05)
+                if handler.received:
+                    print("first", flush=True)
+                    while True:
+                        time.sleep(0.05)
     """)
     process = subprocess.Popen([sys.executable, "-c", program], stdout=subprocess.PIPE, text=True)
     assert process.stdout.readline().strip() == "ready"
@@ -128,3 +128,32 @@ def test_console_line_has_progress_eta_and_throughput():
     assert line.startswith("[##########..........] 50/100")
     for part in ("loss 0.1234", "812.0 img/s", "207.9k tok/s", "MFU 41.2%", "mem 31.2GB", "data 2%", "ETA 1h02m"):
         assert part in line
+
+
+def test_data_loader_workers_ignore_job_signals_but_not_their_parents_sigterm():
+    program = textwrap.dedent("""
+        import multiprocessing, signal, subprocess, sys, time
+        from dig_scale.train.preemption import ignore_job_signals
+
+        def worker(ready):
+            ignore_job_signals(0)
+            ready.set()
+            while True:
+                time.sleep(0.05)
+
+        if __name__ == "__main__":
+            ready = multiprocessing.Event()
+            child = multiprocessing.Process(target=worker, args=(ready,), daemon=True)
+            child.start()
+            ready.wait()
+            for sig in ("TERM", "USR1", "INT"):  # from another process: a job-wide signal
+                subprocess.run(["kill", f"-{sig}", str(child.pid)], check=True)
+            child.join(timeout=1)
+            print("survived" if child.is_alive() else f"died {child.exitcode}", flush=True)
+            child.terminate()  # SIGTERM from the parent: the DataLoader's own shutdown
+            child.join(timeout=60)
+            print(f"exit {child.exitcode}", flush=True)
+    """)
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    assert result.stdout.split("\n")[:2] == ["survived", "exit 0"], result.stdout + result.stderr
+

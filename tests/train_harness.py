@@ -2,7 +2,8 @@
 exercise the real entry point under torchrun:
 
     python tests/train_harness.py [--record DIR] [--kill-after-save N] [--kill-in-save N]
-                                  [--nan-at-step N] [--dump-state FILE] -- CONFIG [overrides]
+                                  [--nan-at-step N] [--dump-state FILE] [--wait-for-signal POINT FILE]
+                                  -- CONFIG [overrides]
 
 --record DIR        per rank, per step: the sample indices of every micro-batch (DIR/rank<r>.jsonl)
 --kill-after-save N SIGKILL every rank right after the checkpoint of step N is complete
@@ -11,6 +12,9 @@ exercise the real entry point under torchrun:
 --nan-at-step N     make step N's first micro-batch NaN; DIR/nan.json reports whether the update
                     was applied and whether any weight changed
 --dump-state FILE   after setup (and any resume), write EMA, fp32 master weights and Adam moments
+--wait-for-signal POINT FILE
+                    at POINT ("startup": inside DeepSpeed's initialize; N: before step N runs) create
+                    FILE, then wait until the trainer has received a preemption signal
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -40,13 +45,27 @@ def main() -> int:
     parser.add_argument("--kill-in-save", type=int)
     parser.add_argument("--nan-at-step", type=int)
     parser.add_argument("--dump-state", type=Path)
+    parser.add_argument("--wait-for-signal", nargs=2, metavar=("POINT", "FILE"))
     args, rest = parser.parse_known_args()
     rank = int(os.environ.get("RANK", 0))
+    wait_point, wait_file = args.wait_for_signal or (None, None)
+    preemption = None  # the trainer's handler, known once Trainer.__init__ starts
+
+    def wait_for_signal(point: str) -> None:
+        if point != wait_point:
+            return
+        Path(wait_file).write_text(str(os.getpid()))
+        deadline = time.monotonic() + 300
+        while preemption.received is None:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"train_harness: no signal came at {point} within 300 s")
+            time.sleep(0.05)
 
     original_step, original_save, original_init = Trainer.train_step, Trainer.save, Trainer.__init__
 
     def train_step(self, micro_batches):
         step = self.step + 1
+        wait_for_signal(str(step))
         if args.record:
             args.record.mkdir(parents=True, exist_ok=True)
             with (args.record / f"rank{rank}.jsonl").open("a") as f:
@@ -68,8 +87,10 @@ def main() -> int:
         if self.step == args.kill_after_save:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    def init(self, cfg):
-        original_init(self, cfg)
+    def init(self, cfg, handler):
+        nonlocal preemption
+        preemption = handler
+        original_init(self, cfg, handler)
         if args.dump_state:
             from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 
@@ -89,6 +110,16 @@ def main() -> int:
             os.kill(os.getpid(), signal.SIGKILL)
 
     Trainer.train_step, Trainer.save, Trainer.__init__ = train_step, save, init
+    if wait_point == "startup":
+        import deepspeed
+
+        original_initialize = deepspeed.initialize
+
+        def initialize(*a, **kw):
+            wait_for_signal("startup")
+            return original_initialize(*a, **kw)
+
+        deepspeed.initialize = initialize
     if args.kill_in_save:
         from deepspeed.runtime.engine import DeepSpeedEngine
 

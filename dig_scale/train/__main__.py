@@ -26,21 +26,23 @@ def main(argv: list[str] | None = None) -> int:
     from dig_scale.config import ConfigError, load_config
     from dig_scale.launch_env import LaunchEnvError
 
+    from .preemption import PreemptionHandler
     from .run_lock import RunDirectoryInUse
 
-    try:
-        cfg = load_config(args[0], args[1:])
-        from .trainer import Trainer
+    with PreemptionHandler() as preemption:  # from here on a preemption signal is recorded, never fatal
+        try:
+            cfg = load_config(args[0], args[1:])
+            from .trainer import Trainer
 
-        trainer = Trainer(cfg)
-    except (ConfigError, CheckpointError, LaunchEnvError, RunDirectoryInUse) as e:
-        print(f"{'config error' if isinstance(e, ConfigError) else 'error'}: {e}", file=sys.stderr)
-        return 2
-    try:
-        return trainer.run()
-    except CheckpointError as e:  # a save that cannot be written (e.g. a full disk): say so, no traceback
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+            trainer = Trainer(cfg, preemption)
+        except (ConfigError, CheckpointError, LaunchEnvError, RunDirectoryInUse) as e:
+            print(f"{'config error' if isinstance(e, ConfigError) else 'error'}: {e}", file=sys.stderr)
+            return 2
+        try:
+            return trainer.run()
+        except CheckpointError as e:  # a save that cannot be written (e.g. a full disk): say so, no traceback
+            print(f"error: {e}", file=sys.stderr)
+            return 1
 
 
 if __name__ == "__main__":

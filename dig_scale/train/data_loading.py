@@ -14,6 +14,8 @@ from dig_scale.data.streaming_internals import release_stale_segments
 from dig_scale.launch_env import ProcessPlace
 from dig_scale.models.layers import as_grid
 
+from .preemption import ignore_job_signals
+
 DEMO_PREFIX = "demo:"
 
 
@@ -61,7 +63,7 @@ def build_loader(cfg: ExperimentConfig, place: ProcessPlace,
     check_matches_model(dataset.metadata, cfg, path)
     loader = StreamingDataLoader(dataset, batch_size=cfg.train.micro_batch_size, num_workers=cfg.data.num_workers,
                                  drop_last=True, pin_memory=device.type == "cuda",
-                                 persistent_workers=cfg.data.num_workers > 0)
+                                 persistent_workers=cfg.data.num_workers > 0, worker_init_fn=ignore_job_signals)
     return loader, dataset.metadata
 
 

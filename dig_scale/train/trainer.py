@@ -48,10 +48,12 @@ class StepResult:
 
 
 class Trainer:
-    def __init__(self, cfg: ExperimentConfig):
+    def __init__(self, cfg: ExperimentConfig, preemption: PreemptionHandler):
+        """`preemption`: entered before this (start-up can take minutes), so that a signal during
+        start-up is recorded and acted on before the first step (`run`)."""
         import deepspeed  # heavy; imported once the config is known to be valid
 
-        self.cfg = cfg
+        self.cfg, self.preemption = cfg, preemption
         self.place: ProcessPlace = detect_place()
         self.device = init_distributed(self.place, cfg.train.distributed_timeout_minutes)
         self.run_dir = RunDirectory(cfg)
@@ -103,7 +105,6 @@ class Trainer:
         self.tokens_per_image = self.engine.module.grid[0] * self.engine.module.grid[1]
         self.peak = peak_flops(self.device)
         self.samples = SampleGridWriter(cfg, self.metadata, self.device) if self.place.is_main else None
-        self.preemption = PreemptionHandler()
 
     def state_dict(self) -> dict[str, int]:
         """The trainer's counters, saved in every checkpoint (the data loader's position is its own)."""
@@ -173,6 +174,10 @@ class Trainer:
     def run(self) -> int:
         """Train to max_steps. Returns the process exit code (REQUEUE_EXIT_CODE when preempted)."""
         cfg = self.cfg
+        if self.preemption.any_rank_signalled():  # during start-up: the state on disk is still the latest
+            self.logger.info(f"preempted during start-up, before the first step: exiting with {REQUEUE_EXIT_CODE} "
+                             "without a checkpoint")
+            return self._finish(REQUEUE_EXIT_CODE)
         self.engine.train()
         batches = forever(self.loader)
         # Throughput counts data loading and training steps, not sampling or checkpointing.
