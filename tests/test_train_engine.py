@@ -48,8 +48,14 @@ def test_exact_resume_after_sigkill_including_a_kill_mid_save(tmp_path, uninterr
     assert result.returncode != 0
     assert (checkpoints / "step-0000006").is_dir()                 # DeepSpeed wrote its part ...
     assert (checkpoints / "latest").read_text() == "step-0000003"  # ... but latest never moved
+    logged = (run_dir(config) / "metrics.jsonl").read_bytes().splitlines(keepends=True)
+    assert [json.loads(line)["step"] for line in logged] == [1, 2, 3, 4, 5, 6]
     assert_ok(launch(config))                                      # resumes from step 3 again
     assert (checkpoints / "latest").read_text() == "step-0000006"
+    # One curve: the replayed steps 4-6 are logged once, the rows up to the checkpoint are untouched.
+    relogged = (run_dir(config) / "metrics.jsonl").read_bytes().splitlines(keepends=True)
+    assert [json.loads(line)["step"] for line in relogged] == [1, 2, 3, 4, 5, 6]
+    assert relogged[:3] == logged[:3] and relogged[3:] != logged[3:]
 
     assert losses(config) == losses(reference)  # every step, bit for bit
     model, ema = final_weights(config, 6)

@@ -1,5 +1,6 @@
 """Engine pieces that need no process group: batch arithmetic, the DeepSpeed config, EMA math,
 signal handling, the console line, library notices."""
+import json
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import torch
 from dig_scale.config import ConfigError, config_from_dict
 from dig_scale.train.deepspeed_config import build_deepspeed_config, deep_merge, gradient_accumulation_steps
 from dig_scale.train.ema import EMA
-from dig_scale.train.metrics import format_line
+from dig_scale.train.metrics import drop_rows_after, format_line
 from dig_scale.train.run_dir import config_differences
 from dig_scale.train.trainer import step_seed
 
@@ -157,3 +158,13 @@ def test_data_loader_workers_ignore_job_signals_but_not_their_parents_sigterm():
     result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
     assert result.stdout.split("\n")[:2] == ["survived", "exit 0"], result.stdout + result.stderr
 
+
+def test_metrics_rows_past_the_resume_step_are_dropped_and_earlier_rows_kept_byte_for_byte(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    rows = [json.dumps({"time": 1.5 + s, "step": s, "loss": 0.1 * s}).encode() + b"\n" for s in range(1, 6)]
+    path.write_bytes(b"".join(rows) + b'{"time": 9.5, "st')  # the last line torn by a kill
+    assert drop_rows_after(path, 3) == [4, 5]
+    assert path.read_bytes() == b"".join(rows[:3])
+    assert drop_rows_after(path, 3) == [] and path.read_bytes() == b"".join(rows[:3])
+    assert drop_rows_after(path, 0) == [1, 2, 3] and path.read_bytes() == b""  # a restart from step 0
+    assert drop_rows_after(tmp_path / "absent.jsonl", 3) == []

@@ -3,6 +3,7 @@ device peak that MFU is measured against (the model counts its own FLOPs: `flops
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import sys
 import time
@@ -50,17 +51,55 @@ def format_line(m: dict[str, Any], max_steps: int, eta_seconds: float | None) ->
     return " | ".join(parts)
 
 
+def drop_rows_after(path: Path, step: int) -> list[int]:
+    """Cut metrics.jsonl before its first row past `step` (the rows a resumed run replays) and drop a
+    last line torn by a kill; returns the steps of the dropped rows. Rows up to `step` stay byte for
+    byte: the file is truncated in place, one system call, so no crash leaves it half rewritten."""
+    if not path.is_file():
+        return []
+    cut, dropped, offset = None, [], 0
+    with path.open("rb") as f:
+        for line in f:
+            row_step = _row_step(line)
+            if cut is None and (not line.endswith(b"\n") or row_step is not None and row_step > step):
+                cut = offset
+            if cut is not None and row_step is not None:
+                dropped.append(row_step)
+            offset += len(line)
+    if cut is not None:
+        os.truncate(path, cut)
+    return dropped
+
+
+def _row_step(line: bytes) -> int | None:
+    """The step of a complete metrics row, None for anything else (a torn or foreign line)."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    return row.get("step") if isinstance(row, dict) and isinstance(row.get("step"), int) else None
+
+
 class MetricsLogger:
-    """Writes on rank 0 only; other ranks get a logger whose methods do nothing."""
+    """Writes on rank 0 only; other ranks get a logger whose methods do nothing.
+
+    One run reads as one curve across relaunches: a relaunch continues from `start_step` (its
+    checkpoint's step, 0 without one) and replays the steps logged after it, so their rows from the
+    interrupted attempt are dropped first (see ARCHITECTURE.md, "The run directory")."""
 
     def __init__(self, run_dir: Path, enabled: bool, max_steps: int, wandb_mode: str, wandb_project: str,
-                 wandb_entity: str | None, run_name: str, config: dict[str, Any]):
+                 wandb_entity: str | None, run_name: str, config: dict[str, Any], start_step: int):
         self.enabled, self.max_steps = enabled, max_steps
         self._started: tuple[float, int] | None = None
         self._wandb = None
         if not enabled:
             return
-        self._jsonl = (run_dir / "metrics.jsonl").open("a")
+        path = run_dir / "metrics.jsonl"
+        replayed = drop_rows_after(path, start_step)
+        if replayed:
+            self.info(f"{path}: dropped {len(replayed)} row(s) of steps {replayed[0]}-{replayed[-1]}, logged after "
+                      f"step {start_step} by the interrupted job; this job replays those steps")
+        self._jsonl = path.open("a")
         if wandb_mode != "disabled":
             import wandb
 

@@ -93,7 +93,7 @@ class Trainer:
 
         self.logger = MetricsLogger(self.run_dir.root, self.place.is_main, cfg.train.max_steps, cfg.logging.wandb,
                                     cfg.logging.wandb_project, cfg.logging.wandb_entity, cfg.run_name,
-                                    config_to_dict(cfg))
+                                    config_to_dict(cfg), start_step=self.step)
         self.logger.info(f"{cfg.model.name}: {sum(p.numel() for p in model.parameters()):,} parameters, world size "
                          f"{self.place.world_size} ({self.place.launcher}), {self.accumulation} accumulation step(s), "
                          f"device {self.device}"
