@@ -27,13 +27,14 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
-def sigterm_the_group_at(config: Path, point: str, tmp_path: Path) -> tuple[int, str, list[int]]:
+def sigterm_the_group_at(config: Path, point: str, tmp_path: Path, *harness: str) -> tuple[int, str, list[int]]:
     """Start the trainer, SIGTERM its process group once it waits at `point` (see train_harness.py);
     returns its exit code, its output and the group's members when the signal was sent."""
     ready = tmp_path / f"ready-{point}"
+    ready.unlink(missing_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline"}
-    process = subprocess.Popen([sys.executable, str(HARNESS), "--wait-for-signal", point, str(ready), "--",
-                                str(config)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+    process = subprocess.Popen([sys.executable, str(HARNESS), "--wait-for-signal", point, str(ready), *harness,
+                                "--", str(config)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
     deadline = time.monotonic() + 300
     while not ready.exists():
@@ -59,6 +60,12 @@ def test_sigterm_to_the_process_group_in_start_up_and_mid_run_requeues_and_resum
     assert "preempted during start-up, before the first step" in output
     assert not any((run / "checkpoints").iterdir()), list((run / "checkpoints").iterdir())
     assert not list(run.rglob("*.tmp")) and (run / "lock").read_text() == ""
+    # A start-up that fails after the signal (which also stops the helper processes start-up runs) is
+    # retried, not failed: 75 again, still nothing written.
+    code, output, _ = sigterm_the_group_at(config, "startup", tmp_path, "--fail-in-startup")
+    assert code == REQUEUE_EXIT_CODE, output[-6000:]
+    assert "start-up failed (injected)" in output and "start-up failed after a preemption signal" in output
+    assert not any((run / "checkpoints").iterdir())
 
     # Before step 4, with the DataLoader worker running: the step finishes, its checkpoint is written.
     code, output, members = sigterm_the_group_at(config, "4", tmp_path)

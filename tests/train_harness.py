@@ -3,7 +3,7 @@ exercise the real entry point under torchrun:
 
     python tests/train_harness.py [--record DIR] [--kill-after-save N] [--kill-in-save N]
                                   [--nan-at-step N] [--dump-state FILE] [--wait-for-signal POINT FILE]
-                                  -- CONFIG [overrides]
+                                  [--fail-in-startup] -- CONFIG [overrides]
 
 --record DIR        per rank, per step: the sample indices of every micro-batch (DIR/rank<r>.jsonl)
 --kill-after-save N SIGKILL every rank right after the checkpoint of step N is complete
@@ -15,6 +15,8 @@ exercise the real entry point under torchrun:
 --wait-for-signal POINT FILE
                     at POINT ("startup": inside DeepSpeed's initialize; N: before step N runs) create
                     FILE, then wait until the trainer has received a preemption signal
+--fail-in-startup   raise inside DeepSpeed's initialize (after any wait there), as start-up does when a
+                    signal stops a process it runs
 """
 from __future__ import annotations
 
@@ -46,6 +48,7 @@ def main() -> int:
     parser.add_argument("--nan-at-step", type=int)
     parser.add_argument("--dump-state", type=Path)
     parser.add_argument("--wait-for-signal", nargs=2, metavar=("POINT", "FILE"))
+    parser.add_argument("--fail-in-startup", action="store_true")
     args, rest = parser.parse_known_args()
     rank = int(os.environ.get("RANK", 0))
     wait_point, wait_file = args.wait_for_signal or (None, None)
@@ -110,13 +113,15 @@ def main() -> int:
             os.kill(os.getpid(), signal.SIGKILL)
 
     Trainer.train_step, Trainer.save, Trainer.__init__ = train_step, save, init
-    if wait_point == "startup":
+    if wait_point == "startup" or args.fail_in_startup:
         import deepspeed
 
         original_initialize = deepspeed.initialize
 
         def initialize(*a, **kw):
             wait_for_signal("startup")
+            if args.fail_in_startup:
+                raise RuntimeError("train_harness: start-up failed (injected)")
             return original_initialize(*a, **kw)
 
         deepspeed.initialize = initialize

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 
 import torch
 
@@ -37,12 +38,28 @@ def main(argv: list[str] | None = None) -> int:
             trainer = Trainer(cfg, preemption)
         except (ConfigError, CheckpointError, LaunchEnvError, RunDirectoryInUse) as e:
             print(f"{'config error' if isinstance(e, ConfigError) else 'error'}: {e}", file=sys.stderr)
-            return 2
+            return _preempted_start_up() if preemption.received else 2
+        except Exception:
+            if not preemption.received:
+                raise
+            traceback.print_exc()
+            return _preempted_start_up()
         try:
             return trainer.run()
         except CheckpointError as e:  # a save that cannot be written (e.g. a full disk): say so, no traceback
             print(f"error: {e}", file=sys.stderr)
             return 1
+
+
+def _preempted_start_up() -> int:
+    """Start-up failed after a preemption signal, which also reaches the helper processes start-up
+    runs (DeepSpeed's op build, the universal checkpoint conversion). Retried, not failed: the next
+    start either succeeds or, signal-free, fails with the same error and exit code 2 or 1."""
+    from .preemption import REQUEUE_EXIT_CODE
+
+    print(f"start-up failed after a preemption signal, which may have caused it: exiting with {REQUEUE_EXIT_CODE} "
+          "to be started again", file=sys.stderr, flush=True)
+    return REQUEUE_EXIT_CODE
 
 
 if __name__ == "__main__":

@@ -2,9 +2,9 @@
 exits at once. Slurm (`--signal=USR1@120`, `scancel`) and Kubernetes (SIGTERM before the grace
 period ends) both use this path; launchers requeue on REQUEUE_EXIT_CODE.
 
-The handler is installed before anything slow starts (`python -m dig_scale.train` enters it before it
-builds the trainer): a signal during start-up is only recorded, and the trainer exits with
-REQUEUE_EXIT_CODE before its first step, without a checkpoint (see ARCHITECTURE.md, "Preemption").
+`python -m dig_scale.train` enters the handler before it loads the config and builds the trainer: a
+signal during start-up is only recorded, and the trainer exits with REQUEUE_EXIT_CODE before its
+first step, without a checkpoint (see ARCHITECTURE.md, "Preemption").
 
 Slurm signals every process of a job step and a terminal or `kill -- -PGID` every process of a
 group, DataLoader workers included: torch's workers die on SIGTERM and the trainer would then fail
