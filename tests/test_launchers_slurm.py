@@ -59,12 +59,13 @@ def job_env(work: Path) -> dict[str, str]:
 
 def tiny_config(work: Path, run_name: str, train: dict | None = None, **sections) -> Path:
     """engine_runs.TINY with micro-batch 8 (slurm_dig_xl.sh sets it) x 4 ranks, checkpoints only
-    when preempted and at the end. The dataset directory is shared by both nodes, so each node reads
-    it through a node-local cache (its own /dev/shm here), as data.cache_dir asks for: in place, both
-    would decompress the same shards at once."""
+    when preempted and at the end, and a DataLoader worker per rank (Slurm signals it too). The
+    dataset directory is shared by both nodes, so each node reads it through a node-local cache (its
+    own /dev/shm here), as data.cache_dir asks for: in place, both would decompress the same shards
+    at once."""
     train = {"global_batch_size": 32, "micro_batch_size": 8, "max_steps": STEPS, **(train or {})}
     return write_config(work / run_name, run_name=run_name, train=train, checkpoint={"every_steps": 0},
-                        data={"cache_dir": "/dev/shm/dig-scale-cache"}, **sections)
+                        data={"cache_dir": "/dev/shm/dig-scale-cache", "num_workers": 1}, **sections)
 
 
 def submit(cluster: SlurmCluster, work: Path, script: str, allocation: list[str], *args: str, **env: str) -> str:
@@ -118,11 +119,13 @@ def test_preempted_job_checkpoints_requeues_and_resumes(cluster, work, uninterru
     run = config.parent / "runs" / "preempted"
     job = submit(cluster, work, "slurm_dig_xl.sh", TWO_NODES, str(config))
     wait_for_step(cluster, job, run, 3)  # training under way, well before the end
-    cluster.signal_tasks(job, signal.SIGUSR1)
+    # SIGTERM to every process of the step, the DataLoader workers included (test_restarts_are_capped
+    # sends SIGUSR1, the --signal warning of the sbatch scripts).
+    cluster.signal_tasks(job, signal.SIGTERM)
     info, log = finished(cluster, job)
 
     assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("COMPLETED", "0:0", "1"), log
-    assert "received SIGUSR1" in log and "requeueing job" in log, log
+    assert "received SIGTERM" in log and "requeueing job" in log, log
     saved = int((run / "checkpoints" / "latest").read_text().removeprefix("step-"))
     assert saved == STEPS
     resumed_at = [line for line in log.splitlines() if "resumed from" in line]
