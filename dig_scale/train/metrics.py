@@ -85,7 +85,7 @@ class MetricsLogger:
 
     One run reads as one curve across relaunches: a relaunch continues from `start_step` (its
     checkpoint's step, 0 without one) and replays the steps logged after it, so their rows from the
-    interrupted attempt are dropped first (see ARCHITECTURE.md, "The run directory")."""
+    interrupted attempt are dropped first (see ARCHITECTURE.md, "Metrics across relaunches")."""
 
     def __init__(self, run_dir: Path, enabled: bool, max_steps: int, wandb_mode: str, wandb_project: str,
                  wandb_entity: str | None, run_name: str, config: dict[str, Any], start_step: int):
