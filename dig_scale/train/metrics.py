@@ -7,6 +7,7 @@ import os
 import secrets
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -122,14 +123,28 @@ class MetricsLogger:
         print(format_line(metrics, self.max_steps, eta), flush=True)
         self._jsonl.write(json.dumps({"time": time.time(), **metrics}) + "\n")
         self._jsonl.flush()
-        if self._wandb is not None:
-            self._wandb.log({f"train/{k}": v for k, v in metrics.items() if k != "step" and v is not None}, step=step)
+        self._to_wandb(lambda run: run.log({f"train/{k}": v for k, v in metrics.items()
+                                             if k != "step" and v is not None}, step=step))
 
     def log_image(self, key: str, path: Path, step: int) -> None:
-        if self._wandb is not None:
+        def log(run) -> None:
             import wandb
 
-            self._wandb.log({key: wandb.Image(str(path))}, step=step)
+            run.log({key: wandb.Image(str(path))}, step=step)
+
+        self._to_wandb(log)
+
+    def _to_wandb(self, call: Callable[[Any], None]) -> None:
+        """wandb mirrors metrics.jsonl and must not end the job: its service is a process of its own,
+        which a signal to every process of a job step (Slurm's `scancel -s TERM`) stops while the
+        trainer checkpoints. After a failure the job goes on without wandb; the next job resumes it."""
+        if self._wandb is None:
+            return
+        try:
+            call(self._wandb)
+        except Exception as e:
+            self._wandb = None
+            self.info(f"wandb failed ({e!r}): this job logs to metrics.jsonl only from here on")
 
     def info(self, message: str) -> None:
         if self.enabled:
@@ -139,5 +154,4 @@ class MetricsLogger:
         if not self.enabled:
             return
         self._jsonl.close()
-        if self._wandb is not None:
-            self._wandb.finish()
+        self._to_wandb(lambda run: run.finish())
