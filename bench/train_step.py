@@ -20,8 +20,12 @@ Sections:
 
 FLOPs count every matmul of the forward (models/flops: linear layers, attention or GLA scores,
 state updates, depthwise conv), x3 for forward+backward; MFU divides by the measured matmul rate.
-Every result is appended to DIR/results.jsonl as it is measured; the markdown table goes to
-DIR/train_step_<card>.md (and --results for bench/results/) at the end.
+Every result is appended to DIR/results.jsonl as it is measured.
+
+    python bench/train_step.py --report RESULTS.jsonl [...] --out bench/results
+
+writes the markdown tables (train_step_<card>.md) and the throughput plot (train_step_<card>.png)
+from one or more results files.
 """
 from __future__ import annotations
 
@@ -338,8 +342,8 @@ def bench_loader(data: Path, batch: int, workers: int, batches: int = 200) -> No
             "samples_per_s": seen / (time.perf_counter() - start)})
 
 
-def bench_trainer(out: Path, scratch: Path, data: Path, name: str, config: str, size: str, batch: int, steps: int,
-                  peak: float, *extra: str, gpus: int = 1) -> None:
+def bench_trainer(scratch: Path, data: Path, name: str, config: str, size: str, batch: int, steps: int, peak: float,
+                  *extra: str, gpus: int = 1) -> None:
     """The real entry point as a user runs it; throughput from the last logging window."""
     launcher = [sys.executable] if gpus == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                                     f"--nproc_per_node={gpus}"]
@@ -347,7 +351,7 @@ def bench_trainer(out: Path, scratch: Path, data: Path, name: str, config: str, 
                *trainer_overrides(scratch, name, data, batch, steps, *extra, f"train.global_batch_size={batch * gpus}")]
     start = time.perf_counter()
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-    (out / f"{name}.log").write_text(result.stdout + result.stderr)
+    (scratch / f"{name}.log").write_text(result.stdout + result.stderr)
     entry = {"section": "trainer", "name": name, "model": size, "res": 256, "batch": batch, "gpus": gpus,
              "steps": steps, "overrides": list(extra), "wall_s": time.perf_counter() - start}
     metrics_file = scratch / "runs" / name / "metrics.jsonl"
@@ -397,11 +401,118 @@ def profile_trainer_child(config: str, overrides: list[str], steps: int) -> None
     record(entry)
 
 
+def _fmt(value, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def write_report(results: list[Path], out: Path) -> Path:
+    """Markdown tables and a PNG plot of every entry in `results`; each row names the file (run)
+    it came from, so results of different runs are never mixed silently."""
+    entries = [{**json.loads(line), "run": path.stem} for path in results for line in path.read_text().splitlines()
+               if line.strip()]
+    setup = next(e for e in reversed(entries) if e["section"] == "setup")
+    card = setup["card"]
+    lines = [f"# Training step speed on one {card}", "",
+             f"{setup['date']}; torch {setup['torch']}, " + ", ".join(f"{k} {v}" for k, v in setup["versions"].items())
+             + ". FLOPs: every matmul of the forward (`flops_per_image()`), x3 for forward+backward; MFU divides by "
+             "the bf16 matmul rate measured in the same run. Written by `bench/train_step.py --report` from "
+             + ", ".join(f"`{p.name}`" for p in results) + " (the `run` column).", "",
+             "| run | copy TB/s | bf16 matmul TFLOP/s |", "|---|---|---|"]
+    lines += [f"| {e['run']} | {e['copy_TBps']:.2f} | {e['bf16_matmul_TFLOPs']:.0f} |"
+              for e in entries if e["section"] == "ceilings"]
+    lines.append("")
+    bare = [e for e in entries if e["section"] == "bare"]
+    if bare:
+        lines += ["## Bare model step (fp32 weights, bf16 autocast, fused AdamW, diffusion loss)", "",
+                  "| run | model | px | batch | contender | ms/step | img/s | tokens/s | MFU | peak GB | kernels/step "
+                  "| first step s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for e in sorted(bare, key=lambda e: (e["model"], e["res"], e["contender"], e["run"])):
+            head = f"| {e['run']} | {e['model']}/2 | {e['res']} | {e['batch']} | {e['contender']} |"
+            if "error" in e:
+                reason = e["error"].splitlines()[0][:70]
+                lines.append(f"{head} failed: {reason} | | | | | | |")
+                continue
+            lines.append(f"{head} {_fmt(e['ms'])} | {_fmt(e['img_per_s'])} | {e['tokens_per_s'] / 1e3:.0f}k | "
+                         f"{100 * e['mfu']:.1f}% | {_fmt(e.get('peak_gb'))} | {_fmt(e.get('kernels_per_step'), 0)} | "
+                         f"{_fmt(e.get('first_step_s'))} |")
+        lines.append("")
+    trainer = [e for e in entries if e["section"] == "trainer"]
+    if trainer:
+        lines += ["## The real trainer (`python -m dig_scale.train`, ZeRO-2, bf16, 256 px, 32 images per GPU)", "",
+                  "Throughput of the last logging window (after compilation).", "",
+                  "| run | name | GPUs | img/s per GPU | ms/step | MFU | peak GB | data wait | overrides |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for e in sorted(trainer, key=lambda e: (e["name"], e["run"])):
+            head = f"| {e['run']} | {e['name']} | {e['gpus']} |"
+            if "error" in e:
+                reason = next((ln for ln in reversed(e["error"].splitlines()) if "Error" in ln),
+                              e["error"].strip().splitlines()[-1])[:80]
+                lines.append(f"{head} failed: {reason} | | | | | {' '.join(e['overrides'])} |")
+                continue
+            lines.append(f"{head} {_fmt(e['img_per_s'])} | {_fmt(e['ms'])} | {100 * e['mfu']:.1f}% | "
+                         f"{_fmt(e['peak_gb'])} | {100 * e['data_wait']:.1f}% | {' '.join(e['overrides'])} |")
+        lines.append("")
+    for e in entries:
+        if e["section"] == "trainer_profile":
+            phases = ", ".join(f"{k} {v:.1f} ms" for k, v in e["phases_ms"].items())
+            lines.append(f"- {e['run']}: trainer phases (DiG-XL/2 compiled, device syncs between phases): {phases}; "
+                         f"{e['kernels_per_step']:.0f} kernels per step.")
+        if e["section"] == "loader":
+            lines.append(f"- {e['run']}: the loader alone delivers {e['samples_per_s']:.0f} samples/s per rank "
+                         f"(batch {e['batch']}, {e['workers']} workers, local MDS shards).")
+        if e["section"] == "conv":
+            lines.append(f"- {e['run']}: depthwise conv fwd+bwd {e['shape']}, {e['variant']}: {e['fwd_bwd_ms']:.3f} ms "
+                         f"wall, {_fmt(e.get('fwd_bwd_gpu_ms'), 3)} ms of kernels (floor {e['floor_ms']:.3f} ms).")
+        if e["section"] == "memory":
+            lines.append(f"- {e['run']}: memory {e['model']}, activation checkpointing "
+                         f"{e['activation_checkpointing']}: max micro-batch at 256 px {e['max_batch_256px']}, "
+                         f"max resolution at batch 1 {e['max_res_batch1']} px"
+                         + (" (capped)." if e["max_res_capped"] else "."))
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"train_step_{card.lower().replace(' ', '_')}"
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    _plot(bare, stem.with_suffix(".png"), card)
+    return stem.with_suffix(".md")
+
+
+def _plot(bare: list[dict], path: Path, card: str) -> None:
+    """Images/s against resolution, one line per (run, model size, contender) measured at more than
+    one resolution."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    series: dict = {}
+    for e in bare:
+        if "error" not in e:
+            series.setdefault((e["run"], e["model"], e["contender"]), []).append((e["res"], e["img_per_s"]))
+    for (run, model, contender), points in sorted(series.items()):
+        if len(points) > 1:
+            points.sort()
+            ax.plot(*zip(*points), marker="o", linestyle=":", label=f"{model}/2 {contender} ({run})")
+    resolutions = sorted({res for points in series.values() for res, _ in points})
+    ax.set(xscale="log", yscale="log", xlabel="image side (px); dotted lines only join measured points",
+           ylabel="training images/s (bare step)", title=f"DiG vs DiT training throughput, one {card}")
+    ax.set_xticks(resolutions, [str(r) for r in resolutions])
+    ax.minorticks_off()
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def main() -> int:
     global RESULTS, BREAKDOWN
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True, help="results.jsonl and the trainer logs")
-    parser.add_argument("--scratch", type=Path, help="synthetic data and run directories (default: a temp dir)")
+    parser.add_argument("--out", type=Path, required=True, help="where results.jsonl goes")
+    parser.add_argument("--scratch", type=Path,
+                        help="synthetic data, run directories and trainer logs (default: a temp dir)")
     parser.add_argument("--sections", default="ceilings,conv,bare,trainer")
     parser.add_argument("--models", default="XL")
     parser.add_argument("--res", default="256")
@@ -413,7 +524,11 @@ def main() -> int:
     parser.add_argument("--trainer-runs", default="loader,dig_xl2_compiled,dig_xl2_eager,dit_xl2_compiled,profile",
                         help="trainer section: which runs (names in main(); 'loader', 'profile')")
     parser.add_argument("--profile-child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    parser.add_argument("--report", type=Path, nargs="+", help="results.jsonl files to turn into tables and a plot")
     args = parser.parse_args()
+    if args.report:
+        print(write_report(args.report, args.out).read_text())
+        return 0
     args.out.mkdir(parents=True, exist_ok=True)
     RESULTS = args.out / "results.jsonl"
     if args.smoke:
@@ -462,7 +577,7 @@ def main() -> int:
                 continue
             model, *extra = runs[name]
             gpus = args.gpus if name.endswith("gpu") else 1
-            bench_trainer(args.out, scratch, data, name, "dig_xl2_in1k256.yaml", model, batch, steps, peak, *tiny,
+            bench_trainer(scratch, data, name, "dig_xl2_in1k256.yaml", model, batch, steps, peak, *tiny,
                           *extra, *(["train.compile=false"] if SMOKE else []), gpus=gpus)
         if "profile" not in args.trainer_runs:
             return 0

@@ -1,9 +1,10 @@
 """Where this process sits in a job, read from the launcher's environment variables, in one place
 for every entry point (the trainer and data_prep/encode.py).
 
-- torchrun (and the `deepspeed` launcher): RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE. A
-  Kubernetes indexed job runs torchrun in each pod with `--node_rank=$JOB_COMPLETION_INDEX`, so
-  its processes read exactly like any other torchrun job.
+- torchrun (and the `deepspeed` launcher): RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE.
+  launchers/node_launch.py (local.sh, and every pod of a Kubernetes indexed job with
+  `--node-rank $JOB_COMPLETION_INDEX`) sets the same variables, so its processes read exactly
+  like any torchrun job.
 - Slurm srun, one task per GPU: SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, and the tasks per node
   from SLURM_STEP_TASKS_PER_NODE (or SLURM_TASKS_PER_NODE) at SLURM_NODEID.
 - Anything else (a plain `python ...`, or a batch shell with one Slurm task) is a world of one.
@@ -74,7 +75,9 @@ def detect_place(env: Mapping[str, str] | None = None) -> ProcessPlace:
         place = ProcessPlace(_int(env, "SLURM_PROCID"), world, _int(env, "SLURM_LOCALID", 0), local_world, "slurm")
     else:
         return ProcessPlace(0, 1, 0, 1, "single")
-    if not (0 <= place.rank < place.world_size and 0 <= place.local_rank < place.local_world_size):
+    if not (0 <= place.rank < place.world_size and 0 <= place.local_rank < place.local_world_size
+            and place.world_size % place.local_world_size == 0):
         raise LaunchEnvError(f"{place.launcher} environment gives rank {place.rank} of {place.world_size}, local rank "
-                             f"{place.local_rank} of {place.local_world_size}: expected 0 <= rank < world size")
+                             f"{place.local_rank} of {place.local_world_size}: expected 0 <= rank < world size and "
+                             "the same number of processes on every node")
     return place

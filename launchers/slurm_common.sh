@@ -45,6 +45,9 @@ dig_check_layout() {
 }
 
 dig_environment() {
+  # srun starts the trainers itself: torchrun variables left in the submitting shell would make every
+  # task read itself as that (stale) rank instead of its Slurm task (dig_scale/launch_env.py).
+  unset RANK WORLD_SIZE LOCAL_RANK
   export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}  # else every rank uses every core
   export NCCL_DEBUG=${NCCL_DEBUG:-WARN}                                  # say why a collective failed
   export PYTHONUNBUFFERED=1                                              # tracebacks in order in the log

@@ -34,6 +34,7 @@ def test_slurm_tasks_per_node_lists():
 @pytest.mark.parametrize("env, message", [
     ({"RANK": "one", "WORLD_SIZE": "2"}, r"\$RANK='one': expected an integer"),
     ({"RANK": "2", "WORLD_SIZE": "2"}, "rank 2 of 2"),
+    ({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "2"}, "local rank 0 of 2"),  # stale RANK under srun
     ({"SLURM_PROCID": "0", "SLURM_NTASKS": "4", "SLURM_NODEID": "3", "SLURM_TASKS_PER_NODE": "2(x2)"},
      r"\$SLURM_NODEID=3 but tasks per node '2\(x2\)' lists 2 nodes"),
 ])

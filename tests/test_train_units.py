@@ -55,10 +55,12 @@ def test_deepspeed_section_cannot_take_over_what_the_trainer_does(section, key):
         build_deepspeed_config(cfg, world_size=1)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("flat", [False, True])
-def test_ema_update_is_the_exponential_average_in_fp32(flat):
-    """Separate weights, or views into one flat buffer as DeepSpeed ZeRO keeps them."""
-    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 2)).to(torch.bfloat16)
+def test_ema_update_is_the_exponential_average_in_fp32(flat, dtype):
+    """Separate weights, or views into one flat buffer as DeepSpeed ZeRO keeps them; bf16 or fp32
+    live weights (an fp32 EMA must still be its own copy, never the live weights themselves)."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 2)).to(dtype)
     model[1].bias.requires_grad_(False)
     if flat:
         buffer = torch.cat([p.detach().flatten() for p in model.parameters()])

@@ -1,6 +1,6 @@
-"""Gaussian diffusion: schedule, forward process, DiT's training loss, samplers."""
+"""Gaussian diffusion: schedule, forward process, posterior and DiT's training loss.
+Sampling loops are diffusers' schedulers over this process (dig_scale.sampling)."""
 from .gaussian import GaussianDiffusion, create_diffusion
-from .sampling import ddim_sample, ddpm_sample
 from .schedule import linear_betas, space_timesteps
 
-__all__ = ["GaussianDiffusion", "create_diffusion", "ddim_sample", "ddpm_sample", "linear_betas", "space_timesteps"]
+__all__ = ["GaussianDiffusion", "create_diffusion", "linear_betas", "space_timesteps"]

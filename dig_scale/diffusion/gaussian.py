@@ -106,13 +106,7 @@ class GaussianDiffusion:
         n = x_t.dim()
         return self._at("sqrt_recip_alphas_cumprod", t, n) * x_t - self._at("sqrt_recipm1_alphas_cumprod", t, n) * eps
 
-    def predict_eps(self, x_t: torch.Tensor, t: torch.Tensor, x_start: torch.Tensor) -> torch.Tensor:
-        n = x_t.dim()
-        scaled_x_t = self._at("sqrt_recip_alphas_cumprod", t, n) * x_t
-        return (scaled_x_t - x_start) / self._at("sqrt_recipm1_alphas_cumprod", t, n)
-
-    def p_distribution(self, model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
-                       clip_denoised: bool = False) -> PredictedDistribution:
+    def p_distribution(self, model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> PredictedDistribution:
         """p(x_{t-1} | x_t) from the model's output: eps (and, if learned, variance values v in
         [-1, 1] with log var = (v+1)/2 log beta_t + (1-v)/2 log posterior_var_t)."""
         model_output = model_output.float()
@@ -125,8 +119,6 @@ class GaussianDiffusion:
             eps = model_output
             log_variance = self._at("fixed_log_variance", t, n).expand_as(x_t)
         pred_xstart = self.predict_xstart(x_t, t, eps)
-        if clip_denoised:
-            pred_xstart = pred_xstart.clamp(-1, 1)
         mean, _ = self.q_posterior(pred_xstart, x_t, t)
         return PredictedDistribution(mean, log_variance, pred_xstart, eps)
 

@@ -42,20 +42,33 @@ def constructor_arguments(name: str) -> list[str]:
     return list(inspect.signature(_family(name)).parameters)
 
 
-def create_model(name: str, **overrides) -> nn.Module:
-    """Build a registered model; any constructor argument can be overridden, e.g.
-    create_model("DiG-S/2", input_size=64, depth=4, gla_backend="torch")."""
+def resolved_arguments(name: str, **overrides) -> dict:
+    """Every constructor argument of `name` with the value `create_model(name, **overrides)`
+    builds it with: the override, else the size's default, else the constructor's default."""
     accepted = constructor_arguments(name)
     unknown = sorted(set(overrides) - set(accepted))
     if unknown:
         raise TypeError(f"{name} has no argument(s) {unknown}; accepted: {accepted}")
-    return _family(name)(**{**model_defaults(name), **overrides})
+    defaults = {k: p.default for k, p in inspect.signature(_family(name)).parameters.items()
+                if p.default is not p.empty}
+    return {**defaults, **model_defaults(name), **overrides}
 
 
-def model_from_config(cfg) -> nn.Module:
-    """Build the model described by a `dig_scale.config.ModelConfig`."""
+def create_model(name: str, **overrides) -> nn.Module:
+    """Build a registered model; any constructor argument can be overridden, e.g.
+    create_model("DiG-S/2", input_size=64, depth=4, gla_backend="torch")."""
+    return _family(name)(**resolved_arguments(name, **overrides))
+
+
+def config_arguments(cfg) -> dict:
+    """The constructor arguments a `dig_scale.config.ModelConfig` sets."""
     kwargs = dict(input_size=cfg.input_size, in_channels=cfg.in_channels, num_classes=cfg.num_classes,
                   learn_sigma=cfg.learn_sigma, class_dropout_prob=cfg.class_dropout_prob, **cfg.arch)
     if cfg.name.startswith("DiG"):
         kwargs.update(skip=cfg.skip, gla_backend=None if cfg.gla_backend == "auto" else cfg.gla_backend)
-    return create_model(cfg.name, **kwargs)
+    return kwargs
+
+
+def model_from_config(cfg) -> nn.Module:
+    """Build the model described by a `dig_scale.config.ModelConfig`."""
+    return create_model(cfg.name, **config_arguments(cfg))

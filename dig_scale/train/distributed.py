@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import socket
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -25,21 +24,12 @@ T = TypeVar("T")
 USER_ERRORS = (ConfigError, CheckpointError, RunDirectoryInUse)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def init_distributed(place: ProcessPlace, timeout_minutes: float) -> torch.device:
     """Set the standard env vars, pick this process's device and join the process group
     (nccl on CUDA, gloo on CPU). Returns the device."""
     os.environ.update(RANK=str(place.rank), WORLD_SIZE=str(place.world_size), LOCAL_RANK=str(place.local_rank))
-    if place.launcher == "single":
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
     missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
-    if missing:
+    if missing and place.launcher != "single":
         raise LaunchEnvError(f"{place.launcher} launch without {' and '.join(missing)}: the launcher must export the "
                            "address and port of rank 0")
     if torch.cuda.is_available():
@@ -48,9 +38,12 @@ def init_distributed(place: ProcessPlace, timeout_minutes: float) -> torch.devic
     else:
         device = torch.device("cpu")
     if not dist.is_initialized():
+        # A world of one needs no rendezvous: an in-process store binds no port, so neither a
+        # MASTER_PORT left in the environment nor a second run on this machine can collide with it.
+        rendezvous = dict(store=dist.HashStore(), rank=0, world_size=1) if place.launcher == "single" else {}
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                 timeout=datetime.timedelta(minutes=timeout_minutes),
-                                device_id=device if device.type == "cuda" else None)
+                                device_id=device if device.type == "cuda" else None, **rendezvous)
     return device
 
 

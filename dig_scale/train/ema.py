@@ -51,7 +51,7 @@ class EMA:
             key = live.untyped_storage().data_ptr()
             if key not in buffers:
                 live_flat = _whole_storage(live.detach())
-                buffers[key] = live_flat.float()
+                buffers[key] = live_flat.to(torch.float32, copy=True)  # .float() of fp32 weights would alias them
                 self._pairs.append((buffers[key], live_flat))
             ema_params[name].data = buffers[key].as_strided(live.shape, live.stride(), live.storage_offset())
 

@@ -70,10 +70,11 @@ class Trainer:
                                       fused=True)  # the update guard needs the fused kernel (on CPU too)
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, model_parameters=trainable,
                                                     config=ds_config)
+        # Copied before compile_blocks: sampling the EMA (eval, no grad) compiles no extra graphs.
+        self.ema = EMA(self.engine.module, cfg.train.ema_decay)  # starts at the initial (bf16) weights
         if cfg.train.compile:
             use_compile_cache(self.run_dir.root / "compile_cache")
             compile_blocks(self.engine.module)
-        self.ema = EMA(self.engine.module, cfg.train.ema_decay)  # starts at the initial (bf16) weights
         self.guard = UpdateGuard(self.engine, cfg.optim.grad_clip, self.place.world_size)
         self.dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
         self.accumulation = ds_config["gradient_accumulation_steps"]
