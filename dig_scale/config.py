@@ -123,7 +123,8 @@ class DataConfig:
                                    # temp dir); set it for read-only or shared local datasets too:
                                    # streaming decompresses shards next to where it reads them
     num_workers: int = 4
-    wait_timeout_minutes: float = 10.0  # no micro-batch for this long: stop, naming the shards waited for
+    wait_timeout_minutes: float = 10.0  # loader workers send nothing this long: stop, naming what they wait for
+                                        # (with num_workers=0, train.hang_dump_minutes dumps where it waits)
     shuffle: bool = True
     random_flip: bool = True       # train on the stored horizontal flip half of the time
     num_canonical_nodes: int = 8   # fixes the global sample order; keep it across resumes and world sizes

@@ -17,6 +17,7 @@ from streaming import StreamingDataLoader
 from dig_scale.data import DatasetMetadata, LatentDataset
 from dig_scale.data.integrity import DataError
 from dig_scale.data.mds_writer import write_mds_dataset
+from dig_scale.train.data_loading import forever
 
 N, SHAPE = 64, (3, 8, 8)
 
@@ -122,3 +123,37 @@ def test_a_stale_or_damaged_cache_is_fetched_again(dataset, tmp_path):
     cached.write_bytes(b"\0" * cached.stat().st_size)
     assert_intact(read_all(dataset, cache_dir=cache))
     assert (dataset / "shard.00000.mds.zstd").is_file()  # the source is untouched
+
+
+def test_a_loader_that_waits_too_long_says_what_for(dataset):
+    """Another process of the node stalled while preparing shard 2 (simulated by setting its state in
+    streaming's shared memory): the worker that needs it waits, and the data-wait timeout names it."""
+    from streaming.base.dataset import _ShardState
+
+    reader = LatentDataset(str(dataset), batch_size=4, shuffle=False, random_flip=False)
+    reader._shard_states[2] = _ShardState.PREPARING
+    loader = StreamingDataLoader(reader, batch_size=4, num_workers=1, timeout=2)
+    with pytest.raises(DataError, match=r"no micro-batch from the data loader for 0.0333333 minutes .*; waiting for "
+                                        rf"samples of {dataset}; shards being downloaded or decompressed on this node: "
+                                        rf"{dataset / 'shard.00002.mds'}"):
+        for _ in forever(loader):
+            pass
+
+
+def test_training_on_a_damaged_shard_stops_naming_it(pristine, tmp_path):
+    """The trainer end to end (loader workers, one rank): flipped bytes in a shard used to train on
+    garbage; now the run stops with the shard's name and no traceback through our code."""
+    from engine_runs import assert_refused, launch, run_dir, write_config
+
+    dataset = Path(shutil.copytree(pristine, tmp_path / "ds"))
+    shard = zip_shards(dataset)[1]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    config = write_config(tmp_path, data={"path": str(dataset), "num_workers": 2, "shuffle": False},
+                          train={"max_steps": 40})
+    result = launch(config, nproc=1, timeout=300)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert_refused(result, f"error: {shard}: ")  # zstd's own check or the hash, whichever sees it first
+    metrics = run_dir(config) / "metrics.jsonl"
+    assert not metrics.is_file() or '"step": 40' not in metrics.read_text()

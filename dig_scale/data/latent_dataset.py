@@ -41,6 +41,7 @@ from .streaming_internals import (
     is_prepared,
     mark_unprepared,
     require_epoch_hook,
+    shards_being_prepared,
 )
 from .verified_stream import VerifiedStream
 
@@ -125,6 +126,14 @@ class LatentDataset(StreamingDataset):
             if blocking:
                 raise self._failure from e
             end_epoch_early(self)
+
+    def describe_wait(self) -> str:
+        """What a reader that gets no samples waits for, for the data-wait timeout's message."""
+        stream = self.streams[0]
+        busy = [self.shard_file(i) for i in shards_being_prepared(self)]
+        return (f"samples of {stream.remote or stream.local}; "
+                + (f"shards being downloaded or decompressed on this node: {', '.join(busy)}" if busy else
+                   "no shard is being prepared on this node (a stalled loader worker or file system)"))
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         yield from super().__iter__()

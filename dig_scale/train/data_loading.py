@@ -9,8 +9,8 @@ from streaming import StreamingDataLoader
 
 from dig_scale.config import ConfigError, ExperimentConfig
 from dig_scale.data import DatasetMetadata, LatentDataset, default_demo_path, ensure_demo_dataset
-from dig_scale.data.storage import default_cache_dir, is_remote
-from dig_scale.data.streaming_internals import release_stale_segments
+from dig_scale.data.integrity import DataError
+from dig_scale.data.streaming_internals import release_dead_jobs_shared_memory
 from dig_scale.launch_env import ProcessPlace
 from dig_scale.models.layers import as_grid
 
@@ -51,21 +51,41 @@ def build_loader(cfg: ExperimentConfig, place: ProcessPlace,
     """This rank's loader of micro-batches {"x", "y", "index"} and the dataset metadata."""
     path = resolve_data_path(cfg, place)
     if place.local_rank == 0:
-        released = release_stale_segments(cfg.data.cache_dir or (default_cache_dir(path) if is_remote(path) else path))
+        released = release_dead_jobs_shared_memory()
         if released:
-            print(f"released {released} stale shared-memory segment set(s) of a previous run", flush=True)
+            print(f"released the streaming shared memory of {len(released)} job(s) that are gone "
+                  f"(prefixes {', '.join(released)})", flush=True)
     dist.barrier()
     dataset = LatentDataset(path, cfg.data.cache_dir, batch_size=cfg.train.micro_batch_size,
                             shuffle=cfg.data.shuffle, seed=cfg.seed, random_flip=cfg.data.random_flip,
                             num_canonical_nodes=cfg.data.num_canonical_nodes)
     check_matches_model(dataset.metadata, cfg, path)
-    loader = StreamingDataLoader(dataset, batch_size=cfg.train.micro_batch_size, num_workers=cfg.data.num_workers,
-                                 drop_last=True, pin_memory=device.type == "cuda",
-                                 persistent_workers=cfg.data.num_workers > 0)
+    workers = cfg.data.num_workers
+    loader = StreamingDataLoader(dataset, batch_size=cfg.train.micro_batch_size, num_workers=workers,
+                                 drop_last=True, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+                                 timeout=cfg.data.wait_timeout_minutes * 60 if workers else 0)
     return loader, dataset.metadata
 
 
 def forever(loader: StreamingDataLoader) -> Iterator[dict[str, torch.Tensor]]:
-    """Micro-batches across epoch boundaries (each pass over the loader is one epoch)."""
+    """Micro-batches across epoch boundaries (each pass over the loader is one epoch). A loader
+    whose workers send nothing for its timeout (data.wait_timeout_minutes) is a DataError naming
+    what they wait for, not a hang; torch reports it as a bare RuntimeError."""
     while True:
-        yield from loader
+        try:
+            yield from loader
+        except DataError as e:
+            raise DataError(_own_message(e)) from None
+        except RuntimeError as e:
+            if not str(e).startswith("DataLoader timed out"):
+                raise
+            raise DataError(f"no micro-batch from the data loader for {loader.timeout / 60:g} minutes "
+                            f"(data.wait_timeout_minutes); waiting for {loader.dataset.describe_wait()}") from None
+
+
+def _own_message(error: DataError) -> str:
+    """A worker's DataError as it was raised: torch re-raises it in the trainer with the worker's
+    traceback as its message ("Caught DataError in DataLoader worker ...\nOriginal Traceback ...")."""
+    text = str(error)
+    marker = f"{DataError.__name__}: "
+    return text[text.rindex(marker) + len(marker):].strip() if "Original Traceback" in text else text
