@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import faulthandler
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -69,16 +70,16 @@ def assert_intact(samples: dict[int, torch.Tensor]) -> None:
         assert torch.equal(x, torch.from_numpy(pixels(i)).float() / 127.5 - 1), i
 
 
-@pytest.mark.parametrize("name", ["../outside/shard.00000.mds", "/tmp/shard.00000.mds", "a/../../shard.mds",
-                                  "shard\\..\\x.mds", ""])
+@pytest.mark.parametrize("name", ["../outside/shard.00000.mds", "../x", "/tmp/shard.00000.mds", "a/../../shard.mds",
+                                  "sub/shard.00000.mds", "..", "shard\\..\\x.mds", "", None])
 def test_shard_names_leaving_the_dataset_are_refused_before_anything_is_read(dataset, tmp_path, name):
     index = json.loads((dataset / "index.json").read_text())
     index["shards"][1]["zip_data"]["basename"] = name
     (dataset / "index.json").write_text(json.dumps(index))
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     for cache in (None, tmp_path / "cache" / "deep"):
-        with pytest.raises(DataError, match=rf"index.json: shard 1's zip_data names {json.dumps(name)[1:-1]!r}|"
-                                            rf"index.json: shard 1's zip_data names '.*'"):
+        with pytest.raises(DataError, match=re.escape(f"{dataset / 'index.json'}: shard 1's zip_data names {name!r}; "
+                                                      "expected a plain file name in the dataset directory")):
             LatentDataset(str(dataset), None if cache is None else str(cache), batch_size=4)
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written anywhere
 
