@@ -71,7 +71,7 @@ def assert_intact(samples: dict[int, torch.Tensor]) -> None:
 
 
 @pytest.mark.parametrize("name", ["../outside/shard.00000.mds", "../x", "/tmp/shard.00000.mds", "a/../../shard.mds",
-                                  "sub/shard.00000.mds", "..", "shard\\..\\x.mds", "", None])
+                                  "part-0//shard.mds", "..", "shard\\..\\x.mds", "", None])
 def test_shard_names_leaving_the_dataset_are_refused_before_anything_is_read(dataset, tmp_path, name):
     index = json.loads((dataset / "index.json").read_text())
     index["shards"][1]["zip_data"]["basename"] = name
@@ -79,7 +79,7 @@ def test_shard_names_leaving_the_dataset_are_refused_before_anything_is_read(dat
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     for cache in (None, tmp_path / "cache" / "deep"):
         with pytest.raises(DataError, match=re.escape(f"{dataset / 'index.json'}: shard 1's zip_data names {name!r}; "
-                                                      "expected a plain file name in the dataset directory")):
+                                                      "expected a path of plain names inside the dataset")):
             LatentDataset(str(dataset), None if cache is None else str(cache), batch_size=4)
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written anywhere
 

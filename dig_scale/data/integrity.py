@@ -5,8 +5,8 @@ A dataset directory may come from a shared file system or an object store: its i
 which files the reader opens and writes (streaming decompresses and caches shards under the names
 it lists), and its shards may be damaged. So, before anything is read:
 
-- every file name in the index must be a plain file name in the dataset directory (data_prep
-  writes no other), so streaming never reads or writes outside it, and
+- every file name in the index must be a relative path of plain names (data_prep/merge.py
+  writes `part-NNNNN/shard.*`), so streaming never reads or writes outside the dataset, and
   every shard must carry the xxh64 hash the writers record;
 
 and every shard is hashed the first time a job reads it (`verify_shard_file`), whether it was just
@@ -39,9 +39,9 @@ class DataError(Exception):
 
 
 def check_index(index: Any, where: str) -> list[dict[str, Any]]:
-    """The shards of an MDS index (version 2), refused unless every file name is a plain file name
-    (letters, digits, '.', '_', '-', not starting with '.': no '/', no '..') and every shard has
-    its data's VERIFY_HASH. `where` names the index in messages."""
+    """The shards of an MDS index (version 2), refused unless every file name is a relative path
+    of plain names (letters, digits, '.', '_', '-', none starting with '.': no '..', no absolute
+    path) and every shard has its data's VERIFY_HASH. `where` names the index in messages."""
     if not isinstance(index, dict) or index.get("version") != 2 or not isinstance(index.get("shards"), list):
         raise DataError(f"{where}: not an MDS index (expected {{'version': 2, 'shards': [...]}})")
     for number, shard in enumerate(index["shards"]):
@@ -52,9 +52,11 @@ def check_index(index: Any, where: str) -> list[dict[str, Any]]:
             if info is None:
                 continue
             name = info.get("basename") if isinstance(info, dict) else None
-            if not (isinstance(name, str) and _PLAIN_NAME.fullmatch(name)):
-                raise DataError(f"{where}: shard {number}'s {key} names {name!r}; expected a plain file name in the "
-                                "dataset directory (letters, digits, '.', '_', '-'; no '/', no leading '.')")
+            parts = name.split("/") if isinstance(name, str) else [""]
+            if not all(_PLAIN_NAME.fullmatch(part) for part in parts):
+                raise DataError(f"{where}: shard {number}'s {key} names {name!r}; expected a path of plain names "
+                                "inside the dataset (letters, digits, '.', '_', '-', none starting with '.': no '..', "
+                                "no leading '/')")
         if not isinstance(shard["raw_data"].get("hashes", {}).get(VERIFY_HASH), str):
             raise DataError(f"{where}: shard {number} ({shard['raw_data']['basename']}) has no {VERIFY_HASH} hash to "
                             "verify it by; re-encode the dataset with data_prep/encode.py")
