@@ -184,13 +184,15 @@ class CheckpointConfig:
     keep_every: int = 50_000       # also keep every checkpoint at a multiple of this step (0: none)
     final: bool = True             # checkpoint when max_steps is reached
     resume: str = "auto"           # auto (the newest complete checkpoint of this run, if any) | never |
-                                   # one of this run's checkpoints, by tag (step-0005000) or path
+                                   # one of this run's checkpoints, by tag (step-0005000) or path |
+                                   # another run's checkpoint by path (needs allow_other_run)
+    allow_other_run: bool = False  # continue from another run's checkpoint despite config differences
 
     def check(self) -> None:
         _require(self.every_steps >= 0, "checkpoint.every_steps", self.every_steps, ">= 0 (0: never)")
         _require(self.keep_last >= 1, "checkpoint.keep_last", self.keep_last, ">= 1")
         _require(bool(self.resume.strip()), "checkpoint.resume", self.resume,
-                 "auto, never, or a checkpoint of this run (tag or path)")
+                 "auto, never, or a checkpoint (tag or path)")
 
 
 @dataclass

@@ -58,9 +58,12 @@ class Trainer:
         self.metadata = self.data.metadata
         self.run_dir = RunDirectory(cfg)
         notes = [on_main_rank(self.run_dir.lock.acquire)]
-        self.checkpoints = CheckpointManager(self.run_dir.checkpoints, self.place, cfg.checkpoint, config_to_dict(cfg))
+        self.checkpoints = CheckpointManager(self.run_dir.checkpoints, self.place, cfg.checkpoint, config_to_dict(cfg),
+                                             self.data.identity)
         resume = self.checkpoints.find_resume(cfg.checkpoint.resume)
-        notes += on_main_rank(lambda: self.run_dir.record_config(cfg, resume.state if resume else None))
+        # Another run's config was compared (and accepted) by find_resume; this run's record starts here.
+        resumed_config = resume.state if resume and not resume.other_run else None
+        notes += on_main_rank(lambda: self.run_dir.record_config(cfg, resumed_config))
 
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         model = model_from_config(cfg.model)
