@@ -82,7 +82,12 @@ def release_dead_jobs_shared_memory() -> list[str]:
     prefix for good. A prefix is released only when no live process maps any of its segments
     (read from /proc/*/maps, for this user's processes: the segments are this user's), and every
     such prefix is, wherever it sits among live ones. Returns the prefixes released. Releases
-    nothing where /proc cannot tell (not Linux, or a process of this user whose maps are unreadable).
+    nothing where /proc cannot tell (not Linux).
+
+    Conservative where streaming blurs ownership: a job starting up attaches to the segments of
+    the prefixes registered before it (it checks them for a clashing directory) and keeps them
+    mapped for its life, so a dead job's segments that a live job attached to that way are
+    released once that job ends too. A requeued job calls this before it creates its dataset.
     """
     files: dict[str, list[Path]] = {}
     for directory, pattern in ((SHM_DIR, _SEGMENT), (Path(tempfile.gettempdir()), _FILE_LOCK)):
@@ -120,7 +125,7 @@ def _own_files(directory: Path) -> list[Path]:
 
 
 def _mapped_shared_memory() -> set[str] | None:
-    """Names of the /dev/shm files that this user's processes map; None if some cannot be read."""
+    """Names of the /dev/shm files that this user's processes map; None without /proc."""
     proc = Path("/proc")
     if not (proc / "self" / "maps").is_file():
         return None
@@ -132,8 +137,10 @@ def _mapped_shared_memory() -> set[str] | None:
             maps = (process / "maps").read_text()
         except (FileNotFoundError, ProcessLookupError):
             continue  # exited meanwhile
-        except OSError:
-            return None
+        except PermissionError:
+            # Not dumpable (a container's init, a setuid program): the kernel hides its maps even
+            # from its owner. A Python process running streaming is dumpable, so it is not one.
+            continue
         for line in maps.splitlines():
             where = line.find(f"{SHM_DIR}/")
             if where >= 0:
