@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import shutil
 
-import numpy as np
 import pytest
 from engine_runs import TINY, assert_refused, launch, write_config
+from pixel_datasets import write_pixel_dataset
 
 from dig_scale.config import ConfigError, config_from_dict
-from dig_scale.data import DatasetMetadata
 from dig_scale.data.integrity import DataError
-from dig_scale.data.mds_writer import write_mds_dataset
 from dig_scale.launch_env import ProcessPlace
 from dig_scale.train.data_loading import open_dataset
 
@@ -22,14 +20,7 @@ N = 12
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     """12 pixel samples of TINY's shape (3 x 8 x 8)."""
-    path = tmp_path_factory.mktemp("data") / "ds"
-    meta = DatasetMetadata(kind="pixel", sample_shape=(3, 8, 8), resolution=8, num_samples=N, num_classes=2,
-                           class_counts=[N // 2] * 2, class_names=None, vae=None, scaling_factor=1.0,
-                           shift_factor=0.0, latent_mean=[0.0] * 3, latent_std=[1.0] * 3, preprocessing={},
-                           source={"type": "test"})
-    samples = ({"pixels": np.full((3, 8, 8), i, np.uint8), "label": np.int64(i % 2), "key": f"s{i}"} for i in range(N))
-    write_mds_dataset(str(path), meta, samples)
-    return path
+    return write_pixel_dataset(tmp_path_factory.mktemp("data") / "ds", N)
 
 
 def config(path, micro_batch_size: int = 2):

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from pixel_datasets import write_pixel_dataset
 from streaming import StreamingDataLoader
 
-from dig_scale.data import DatasetMetadata, LatentDataset
+from dig_scale.data import LatentDataset
 from dig_scale.data.integrity import DataError
-from dig_scale.data.mds_writer import write_mds_dataset
 from dig_scale.train.data_loading import forever
 
 N, SHAPE = 64, (3, 8, 8)
@@ -30,14 +30,8 @@ def pixels(i: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory) -> Path:
     """A pixel dataset of 64 samples (sample i is all i) in 4 zstd shards, never modified."""
-    path = tmp_path_factory.mktemp("pristine") / "ds"
-    meta = DatasetMetadata(kind="pixel", sample_shape=SHAPE, resolution=8, num_samples=N, num_classes=2,
-                           class_counts=[N // 2] * 2, class_names=None, vae=None, scaling_factor=1.0,
-                           shift_factor=0.0, latent_mean=[0.0] * 3, latent_std=[1.0] * 3, preprocessing={},
-                           source={"type": "test"})
-    samples = ({"pixels": pixels(i), "label": np.int64(i % 2), "key": f"s{i}"} for i in range(N))
-    write_mds_dataset(str(path), meta, samples, size_limit=16 * int(np.prod(SHAPE)))
-    return path
+    return write_pixel_dataset(tmp_path_factory.mktemp("pristine") / "ds", N, SHAPE,
+                               size_limit=16 * int(np.prod(SHAPE)))
 
 
 @pytest.fixture

@@ -8,15 +8,13 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 from checkpoint_fixtures import DATASET, make_checkpoint, rewrite_manifest, trainer_state
 from engine_runs import assert_ok, assert_refused, launch, run_dir, write_config
+from pixel_datasets import write_pixel_dataset
 
 from dig_scale.checkpoint import CheckpointError, checkpoint_tag
 from dig_scale.config import config_from_dict, config_to_dict
-from dig_scale.data import DatasetMetadata
-from dig_scale.data.mds_writer import write_mds_dataset
 from dig_scale.launch_env import ProcessPlace
 from dig_scale.train.checkpoint_manager import CheckpointManager
 
@@ -83,24 +81,15 @@ def test_another_runs_checkpoint_never_goes_over_this_runs_own_or_to_another_wor
         manager(ours, DATASET, allow_other_run=True)._find_resume(str(source))
 
 
-def write_dataset(path: Path, offset: int) -> None:
-    meta = DatasetMetadata(kind="pixel", sample_shape=(3, 8, 8), resolution=8, num_samples=16, num_classes=2,
-                           class_counts=[8, 8], class_names=None, vae=None, scaling_factor=1.0, shift_factor=0.0,
-                           latent_mean=[0.0] * 3, latent_std=[1.0] * 3, preprocessing={}, source={"type": "test"})
-    samples = ({"pixels": np.full((3, 8, 8), i + offset, np.uint8), "label": np.int64(i % 2), "key": f"s{i}"}
-               for i in range(16))
-    write_mds_dataset(str(path), meta, samples)
-
-
 def test_a_reencoded_dataset_under_the_same_path_stops_the_resume(tmp_path):
     """End to end: train on a dataset, re-encode other data at the same path, relaunch."""
     data = tmp_path / "ds"
-    write_dataset(data, 0)
+    write_pixel_dataset(data, 16)
     config = write_config(tmp_path, data={"path": str(data)}, train={"max_steps": 3},
                           checkpoint={"every_steps": 3})
     assert_ok(launch(config, nproc=1, timeout=300))
     shutil.rmtree(data)
-    write_dataset(data, 100)
+    write_pixel_dataset(data, 16, fill=lambda i: i + 100)
     result = launch(config, nproc=1, timeout=300)
     assert result.returncode == 2
     assert_refused(result, f"{run_dir(config) / 'checkpoints' / checkpoint_tag(3)} was trained on other data than "

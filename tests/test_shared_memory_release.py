@@ -11,11 +11,9 @@ import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
+from pixel_datasets import write_pixel_dataset
 
-from dig_scale.data import DatasetMetadata
-from dig_scale.data.mds_writer import write_mds_dataset
 from dig_scale.data.streaming_internals import SHM_DIR, release_dead_jobs_shared_memory
 
 JOB = textwrap.dedent("""
@@ -32,12 +30,7 @@ pytestmark = pytest.mark.skipif(not SHM_DIR.is_dir() or not Path("/proc/self/map
 
 @pytest.fixture
 def dataset(tmp_path) -> Path:
-    meta = DatasetMetadata(kind="pixel", sample_shape=(3, 4, 4), resolution=4, num_samples=8, num_classes=1,
-                           class_counts=[8], class_names=None, vae=None, scaling_factor=1.0, shift_factor=0.0,
-                           latent_mean=[0.0] * 3, latent_std=[1.0] * 3, preprocessing={}, source={"type": "test"})
-    samples = ({"pixels": np.zeros((3, 4, 4), np.uint8), "label": np.int64(0), "key": f"s{i}"} for i in range(8))
-    write_mds_dataset(str(tmp_path / "ds"), meta, samples)
-    return tmp_path / "ds"
+    return write_pixel_dataset(tmp_path / "ds", 8, (3, 4, 4), num_classes=1)
 
 
 def start_job(path: Path) -> tuple[subprocess.Popen, str]:
