@@ -25,6 +25,7 @@ from data_prep.merge import merge_dataset
 from data_prep.output_store import OutputStore
 from data_prep.pipeline import LoopReport, encode_parts
 from data_prep.plan import claim_plan, finished_parts, make_plan
+from data_prep.preprocess import MAX_ASPECT
 from data_prep.sources import DEFAULT_IMAGE_KEYS, ImageFolderSource, open_source
 from data_prep.vae_encoder import PixelEncoder, PosteriorEncoder, vae_layout
 from dig_scale.data.demo import DEMO_DEFAULT_RESOLUTION, default_demo_path, ensure_demo_dataset
@@ -88,7 +89,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def preprocessing(resolution: int) -> dict:
     return {"method": "adm_center_crop", "resolution": resolution,
-            "steps": ["convert to RGB (alpha dropped)", "BOX-halve while the short side >= 2 x resolution",
+            "steps": [f"reject aspect ratios above {MAX_ASPECT}:1",
+                      "convert to 8-bit RGB (alpha dropped; 16-bit grey: v >> 8; float: [0, 1] x 255)",
+                      "BOX-halve while the short side >= 2 x resolution",
                       "BICUBIC-resize the short side to resolution", "center crop"],
             "flip": "latents of the image and of its horizontal flip are both stored"}
 
