@@ -4,6 +4,8 @@ files and says which; the same encode still resumes. Pixel-space encodes of a ti
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -162,3 +164,16 @@ def test_output_that_is_a_file_or_a_foreign_demo_path_fails_clearly(folder, othe
     assert main(["--demo", "--output", str(tmp_path / "mine")]) == 2
     assert "not a dig-scale dataset" in capsys.readouterr().err
     assert (tmp_path / "mine" / "thesis.tex").read_text() == "x"
+
+
+def test_two_torchrun_ranks_overwrite_another_dataset(folder, other_dataset):
+    encode_py = Path(__file__).resolve().parent.parent / "data_prep" / "encode.py"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(encode_py),
+         "--input", str(folder["root"]), "--output", str(other_dataset), "--vae", "none", "--resolution", "8",
+         "--part-size", "2", "--num-workers", "0", "--no-progress", "--overwrite"],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "removed dig_scale_dataset.json, index.json, shard.00000.mds" in result.stdout  # by rank 0 alone
+    assert result.stdout.count("removed ") == 1
+    assert_is_the_encode(other_dataset, folder)
