@@ -44,7 +44,7 @@ def claim_output(store: OutputStore, plan: dict[str, Any], *, overwrite: bool, r
     if not overwrite:
         raise EncodeError(f"--output {store}: {problem}; rerun the command that wrote it to resume it, choose "
                           "another --output, or pass --overwrite to replace its dataset files")
-    if rank != 0:
+    if rank != 0 and not store.remote:  # an object store is refused by remove() below, on every rank at once
         _wait_for_plan(store, plan, wait_s, poll_s)
         return
     doomed = [name for name in entries if _DATASET_ENTRY.fullmatch(name)]
