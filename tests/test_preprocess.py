@@ -172,3 +172,18 @@ def test_thin_images_are_handled_within_a_hard_memory_limit():
     for name in ("8000x1", "1x8000", "100000x2"):
         assert "aspect ratio" in outcome[name], outcome
     assert outcome[f"{MAX_ASPECT * 20}x20"] == [3, 256, 256]  # at the limit: 12800x256 resized, then cropped
+
+
+def test_an_encode_lists_a_thin_image_among_its_rejects(tmp_path):
+    from data_prep.encode import main
+    from dig_scale.data import read_metadata
+
+    (tmp_path / "images" / "a").mkdir(parents=True)
+    (tmp_path / "images" / "a" / "thin.png").write_bytes(_png(8000, 1))
+    (tmp_path / "images" / "a" / "square.png").write_bytes(_png(20, 20))
+    assert main(["--input", str(tmp_path / "images"), "--output", str(tmp_path / "ds"), "--vae", "none",
+                 "--resolution", "8", "--num-workers", "0", "--no-progress"]) == 0
+    meta = read_metadata(str(tmp_path / "ds"))
+    assert meta.num_samples == 1
+    assert [(r["path"], r["reason"].split(" of ")[0]) for r in meta.rejects] == [
+        (str(tmp_path / "images" / "a" / "thin.png"), "aspect ratio 8000:1")]
