@@ -152,3 +152,16 @@ def test_training_on_a_damaged_shard_stops_naming_it(pristine, tmp_path):
     assert_refused(result, f"error: {shard}: ")  # zstd's own check or the hash, whichever sees it first
     metrics = run_dir(config) / "metrics.jsonl"
     assert not metrics.is_file() or '"step": 40' not in metrics.read_text()
+
+
+def test_shards_in_part_directories_as_merge_writes_them_are_read(dataset):
+    """data_prep/merge.py names shards part-NNNNN/shard.*: a '/' between plain names is fine."""
+    index = json.loads((dataset / "index.json").read_text())
+    (dataset / "part-00000").mkdir()
+    for shard in index["shards"]:
+        for info in (shard["raw_data"], shard["zip_data"]):  # only the zstd files are on disk
+            if (dataset / info["basename"]).is_file():
+                (dataset / info["basename"]).replace(dataset / "part-00000" / info["basename"])
+            info["basename"] = f"part-00000/{info['basename']}"
+    (dataset / "index.json").write_text(json.dumps(index))
+    assert_intact(read_all(dataset))
