@@ -25,11 +25,12 @@ USER_ERRORS = (ConfigError, CheckpointError, RunDirectoryInUse)
 
 
 def init_distributed(place: ProcessPlace, timeout_minutes: float) -> torch.device:
-    """Pick this process's device and join the process group (nccl on CUDA, gloo on CPU); a world
-    of more than one also gets torchrun's variables set. Returns the device."""
+    """Set torchrun's variables, pick this process's device and join the process group (nccl on
+    CUDA, gloo on CPU). Returns the device."""
+    # torchrun's variables, for srun tasks and a world of one too: mosaicml-streaming and DeepSpeed
+    # read them (DeepSpeed refuses to start without LOCAL_RANK).
+    os.environ.update(RANK=str(place.rank), WORLD_SIZE=str(place.world_size), LOCAL_RANK=str(place.local_rank))
     if place.world_size > 1:
-        # torchrun's variables, for srun tasks too: mosaicml-streaming and DeepSpeed read them.
-        os.environ.update(RANK=str(place.rank), WORLD_SIZE=str(place.world_size), LOCAL_RANK=str(place.local_rank))
         missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
         if missing:
             raise LaunchEnvError(f"{place.launcher} launch without {' and '.join(missing)}: the launcher must export "
