@@ -73,3 +73,15 @@ def test_the_trainer_refuses_a_missing_dataset_at_start(tmp_path):
     assert result.returncode == 2
     assert_refused(result, "config error: data.path: ")
     assert not (tmp_path / "runs").exists()  # refused before the run directory was made
+
+
+def test_a_loader_with_no_micro_batch_per_epoch_raises_instead_of_spinning(dataset):
+    """What open_dataset refuses, had it got through: the epoch is empty, and forever() says so."""
+    from streaming import StreamingDataLoader
+
+    from dig_scale.data import LatentDataset
+    from dig_scale.train.data_loading import forever
+
+    loader = StreamingDataLoader(LatentDataset(str(dataset), batch_size=16), batch_size=16, drop_last=True)
+    with pytest.raises(DataError, match=rf"an epoch of {dataset} gave this rank no micro-batch"):
+        next(forever(loader))

@@ -127,11 +127,15 @@ class LatentDataset(StreamingDataset):
                 raise self._failure from e
             end_epoch_early(self)
 
+    @property
+    def source(self) -> str:
+        """Where the samples come from: the dataset's URI or directory, for messages."""
+        return self.streams[0].remote or self.streams[0].local
+
     def describe_wait(self) -> str:
         """What a reader that gets no samples waits for, for the data-wait timeout's message."""
-        stream = self.streams[0]
         busy = [self.shard_file(i) for i in shards_being_prepared(self)]
-        return (f"samples of {stream.remote or stream.local}; "
+        return (f"samples of {self.source}; "
                 + (f"shards being downloaded or decompressed on this node: {', '.join(busy)}" if busy else
                    "no shard is being prepared on this node (a stalled loader worker or file system)"))
 
@@ -140,8 +144,8 @@ class LatentDataset(StreamingDataset):
         if self._failure is not None:
             raise self._failure
         if background_failed(self):
-            raise DataError(f"{self.streams[0].remote or self.streams[0].local}: streaming's download thread "
-                            "failed and ended the epoch early (its error is logged above)")
+            raise DataError(f"{self.source}: streaming's download thread failed and ended the epoch early "
+                            "(its error is logged above)")
 
     def get_item(self, sample_id: int, retry: int = 7) -> dict[str, Any]:
         if self._failure is not None:

@@ -104,7 +104,7 @@ def forever(loader: StreamingDataLoader) -> Iterator[dict[str, torch.Tensor]]:
             raise DataError(f"no micro-batch from the data loader for {loader.timeout / 60:g} minutes "
                             f"(data.wait_timeout_minutes); waiting for {loader.dataset.describe_wait()}") from None
         if not batches:  # open_dataset refuses the configs that lead here; this keeps it from spinning
-            raise DataError(f"an epoch of {loader.dataset.describe_wait()} gave this rank no micro-batch")
+            raise DataError(f"an epoch of {loader.dataset.source} gave this rank no micro-batch")
 
 
 def _own_message(error: DataError) -> str:
