@@ -1,8 +1,8 @@
 """Saving and restoring everything an exact resume needs (see ARCHITECTURE.md, "Checkpoints" and
 "Resume"). The manager is handed the stateful parts and owns the rest: the DeepSpeed engine's
 files, the EMA weights, the trainer state (the trainer's counters and the data loader's position,
-with the run's config and code version), the manifest and `latest`, retention, free space and
-the conversion to another world size.
+with the run's config, its dataset's identity and the code version), the manifest and `latest`,
+retention, free space and the conversion to another world size.
 
     manager = CheckpointManager(run_dir.checkpoints, place, cfg.checkpoint, config_to_dict(cfg), data.identity)
     resume = manager.find_resume(cfg.checkpoint.resume)       # before the engine: it may change its config
@@ -190,8 +190,7 @@ class CheckpointManager:
             if self.place.is_main:
                 state = {"format": TRAINER_STATE_FORMAT, "code_version": __version__,
                          "world_size": self.place.world_size, "config": self.config, "dataset": self.dataset,
-                         **train.state_dict(),
-                         "loader": loader.state_dict()}
+                         **train.state_dict(), "loader": loader.state_dict()}
                 write_text_atomically(path / TRAINER_STATE, json.dumps(state, indent=1))
                 weights = {name: t.detach().cpu().contiguous() for name, t in ema.state_dict().items()}
                 write_atomically(path / EMA_WEIGHTS, lambda tmp: save_file(weights, tmp))
