@@ -76,7 +76,6 @@ class LatentDataset(StreamingDataset):
         path = str(path)
         files = read_dataset(path)  # the index checked before streaming opens anything it names
         self.metadata: DatasetMetadata = files.metadata
-        self.identity: dict[str, Any] = files.identity
         if is_remote(path) or cache_dir is not None:
             remote, local = path, str(cache_dir or default_cache_dir(path))
             if is_local_leader():
