@@ -85,3 +85,14 @@ def test_a_loader_with_no_micro_batch_per_epoch_raises_instead_of_spinning(datas
     loader = StreamingDataLoader(LatentDataset(str(dataset), batch_size=16), batch_size=16, drop_last=True)
     with pytest.raises(DataError, match=rf"an epoch of {dataset} gave this rank no micro-batch"):
         next(forever(loader))
+
+
+@pytest.mark.parametrize("override, key", [("model.arch.depth=-1", "model.arch.depth"),
+                                           ("optim.lr=inf", "optim.lr"), ("optim.betas=[0.9, 1.5]", "optim.betas[1]"),
+                                           ("train.hang_dump_minutes=0", "train.hang_dump_minutes")])
+def test_the_trainer_exits_2_naming_the_key_before_starting(tmp_path, capsys, override, key):
+    from dig_scale.train.__main__ import main
+
+    assert main([str(write_config(tmp_path)), override]) == 2
+    assert capsys.readouterr().err.startswith(f"config error: {key}")
+    assert not (tmp_path / "runs").exists()
