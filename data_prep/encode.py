@@ -10,7 +10,9 @@
 The input is cut into parts (ImageFolder: --part-size images; tars: one shard each). Each part
 becomes its own MDS sub-dataset with a manifest; when every part is finished, the last rank to
 finish writes one index over all of them and the metadata file. Rerunning the same command after
-a crash redoes only the unfinished parts.
+a crash redoes only the unfinished parts. An --output holding anything else (another dataset, an
+encode with other settings, unrelated files) is refused before anything is written; --overwrite
+deletes its dataset files instead.
 """
 from __future__ import annotations
 
@@ -22,9 +24,11 @@ import torch
 
 from data_prep.errors import EncodeError
 from data_prep.merge import merge_dataset
+from data_prep.output_claim import claim_output, foreign_contents
 from data_prep.output_store import OutputStore
 from data_prep.pipeline import LoopReport, encode_parts
-from data_prep.plan import claim_plan, finished_parts, make_plan
+from data_prep.plan import finished_parts, make_plan
+from data_prep.preprocess import MAX_ASPECT
 from data_prep.sources import DEFAULT_IMAGE_KEYS, ImageFolderSource, open_source
 from data_prep.vae_encoder import PixelEncoder, PosteriorEncoder, vae_layout
 from dig_scale.data.demo import DEMO_DEFAULT_RESOLUTION, default_demo_path, ensure_demo_dataset
@@ -61,6 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--part-size", type=int, default=4096, help="ImageFolder images per part, the unit of resumption "
                                                                   "(default: %(default)s)")
     p.add_argument("--limit", type=int, help="encode only this many inputs (ImageFolder: spread over all classes)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace another dataset or encode in --output: its dataset files are deleted first "
+                        "(an unfinished or finished run of this same encode is resumed either way)")
     p.add_argument("--dry-run", action="store_true", help="check the inputs and show the plan, write nothing")
     p.add_argument("--device", help="default: cuda:$LOCAL_RANK when CUDA is available, else cpu")
     p.add_argument("--precision", choices=["auto", *DTYPES], default="auto",
@@ -69,8 +76,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     if args.demo:
-        if args.input or (args.vae and args.vae.lower() != "none"):
-            p.error("--demo is the built-in pixel-space digits dataset: it takes no --input and only --vae none")
+        if args.input or args.overwrite or (args.vae and args.vae.lower() != "none"):
+            p.error("--demo is the built-in pixel-space digits dataset: it takes no --input or --overwrite "
+                    "and only --vae none")
         args.resolution = args.resolution or DEMO_DEFAULT_RESOLUTION
     else:
         if not args.input or not args.output:
@@ -88,7 +96,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def preprocessing(resolution: int) -> dict:
     return {"method": "adm_center_crop", "resolution": resolution,
-            "steps": ["convert to RGB (alpha dropped)", "BOX-halve while the short side >= 2 x resolution",
+            "steps": [f"reject aspect ratios above {MAX_ASPECT}:1",
+                      "convert to 8-bit RGB (alpha dropped; 16-bit grey: v >> 8; float: [0, 1] x 255)",
+                      "BOX-halve while the short side >= 2 x resolution",
                       "BICUBIC-resize the short side to resolution", "center crop"],
             "flip": "latents of the image and of its horizontal flip are both stored"}
 
@@ -111,7 +121,10 @@ def run(args: argparse.Namespace) -> tuple[DatasetMetadata | None, LoopReport | 
         if args.dry_run:
             print(f"dry run: would write the digits demo at {args.resolution} px to {path} unless finished there")
             return None, None
-        print(f"demo dataset ready: {ensure_demo_dataset(path, args.resolution)}")
+        try:
+            print(f"demo dataset ready: {ensure_demo_dataset(path, args.resolution)}")
+        except ValueError as e:  # the path holds something else: refused, left as it is
+            raise EncodeError(str(e)) from None
         return None, None
     source = open_source(args.input, args.image_key, args.label_key, args.num_classes)
     layout = vae_layout(args.vae, args.vae_subfolder, args.resolution, args.scaling_factor)
@@ -126,9 +139,9 @@ def run(args: argparse.Namespace) -> tuple[DatasetMetadata | None, LoopReport | 
     store = OutputStore(args.output, args.staging_dir)
     plan = make_plan(settings, parts)
     if args.dry_run:
-        _print_plan(source, layout, parts, finished_parts(store, parts), store, rank, world)
+        _print_plan(source, layout, parts, plan, store, rank, world, args.overwrite)
         return None, None
-    claim_plan(store, plan)
+    claim_output(store, plan, overwrite=args.overwrite, rank=rank)
     done = finished_parts(store, parts)
     mine = [p for p in parts if p.index % world == rank and p.index not in done]
     report = None
@@ -172,8 +185,10 @@ def _encode(args, source, layout, parts, store, rank, world, local_rank, local_w
     return report
 
 
-def _print_plan(source, layout, parts, done, store, rank, world) -> None:
+def _print_plan(source, layout, parts, plan, store, rank, world, overwrite) -> None:
     described = source.describe()
+    problem, _ = foreign_contents(store, plan)
+    done = finished_parts(store, parts) if problem is None else {}
     mine = [p for p in parts if p.index % world == rank and p.index not in done]
     print(f"source: {described['type']} {described['input']} "
           f"({described.get('files', described.get('shards'))} {'files' if 'files' in described else 'shards'}"
@@ -181,6 +196,9 @@ def _print_plan(source, layout, parts, done, store, rank, world) -> None:
     print(f"samples: {layout.kind} {layout.sample_shape}" + (f" from VAE {layout.vae}, scaling factor "
                                                             f"{layout.scaling_factor}" if layout.vae else ""))
     print(f"output: {store}: {len(parts)} parts, {len(done)} finished, {len(mine)} to encode by rank {rank}/{world}")
+    if problem is not None:
+        print(f"output: {store} {problem}; " + ("its dataset files would be deleted (--overwrite)" if overwrite
+                                                  else "it would be refused (see --overwrite)"))
     print("dry run: nothing written")
 
 

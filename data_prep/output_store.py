@@ -3,15 +3,22 @@ directory with mosaicml-streaming's uploaders (`--staging-dir` forces that path 
 
 Small JSON files (plan, part manifests, index, metadata) are written whole: an atomic rename
 locally, a single object upload remotely, so a crash never leaves half a file behind.
+
+What is already there (`entries`) is listed for a local output; an object store is probed for the
+names an encode would write, the only objects it could replace (listing needs each client's own
+API). Removing is local only: encode.py deletes nothing in an object store.
 """
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 
 from dig_scale.atomic_file import write_text_atomically
 from dig_scale.data.storage import default_cache_dir, is_remote, join, read_text
+
+from .errors import EncodeError
 
 
 class OutputStore:
@@ -59,3 +66,26 @@ class OutputStore:
             with open(os.path.join(local, filename), "w", encoding="utf-8") as f:
                 f.write(text)
             uploader.upload_file(filename)
+
+    def entries(self, probe: Iterable[str]) -> list[str]:
+        """Top-level names in the output: all of them locally; remotely, those of `probe` (paths
+        relative to the root) that exist."""
+        if self.remote:
+            return sorted({name.split("/")[0] for name in probe if self.read_text(name) is not None})
+        if not os.path.exists(self.root):
+            return []
+        if not os.path.isdir(self.root):
+            raise EncodeError(f"--output {self.root}: is a file; expected a directory for the dataset")
+        return sorted(os.listdir(self.root))
+
+    def remove(self, names: list[str]) -> None:
+        """Delete these top-level entries of a local output (files or whole directories)."""
+        if self.remote:
+            raise EncodeError(f"--output {self.root}: encode.py deletes nothing in an object store; delete "
+                              f"{', '.join(names)} there with the store's own tools, or choose another --output")
+        for name in names:
+            path = os.path.join(self.root, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)

@@ -2,7 +2,7 @@
 
 The output root holds a plan (the settings and one fingerprint per part). A part is finished
 once its manifest exists, written only after all its shards: a rerun redoes every part without
-a manifest, and refuses to mix in parts from different settings or a changed input.
+a manifest. output_claim.py records the plan, refusing an output that holds anything else.
 """
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .errors import EncodeError
 from .output_store import OutputStore
 from .sources import Part
 
@@ -21,25 +20,6 @@ MANIFEST_FILENAME = "dig_scale_part.json"
 def make_plan(settings: dict[str, Any], parts: list[Part]) -> dict[str, Any]:
     """The plan as stored (JSON-normalised, so it compares equal to what is read back)."""
     return json.loads(json.dumps({"settings": settings, "parts": [p.fingerprint() for p in parts]}))
-
-
-def claim_plan(store: OutputStore, plan: dict[str, Any]) -> bool:
-    """Record the plan in a new output, or check it matches the one there. True if it was there."""
-    existing = store.read_text(PLAN_FILENAME)
-    if existing is None:
-        store.write_text(PLAN_FILENAME, json.dumps(plan, indent=1))
-        return False
-    old = json.loads(existing)
-    if old == plan:
-        return True
-    changed = [f"{key}: {old['settings'].get(key)!r} there, {value!r} now"
-               for key, value in plan["settings"].items() if old["settings"].get(key) != value]
-    if not changed:
-        old_parts, new_parts = old["parts"], plan["parts"]
-        differing = sum(a != b for a, b in zip(old_parts, new_parts)) + abs(len(old_parts) - len(new_parts))
-        changed = [f"the input changed ({differing} of {len(plan['parts'])} parts cover different files)"]
-    raise EncodeError(f"--output {store}: already holds an encoding with other settings ({'; '.join(changed)}); "
-                      "rerun with the original settings to resume it, or choose another --output")
 
 
 def manifest_name(part: Part) -> str:

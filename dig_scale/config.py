@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import sys
 import types
 import typing
@@ -54,6 +55,7 @@ class ModelConfig:
                                   f"{_did_you_mean(key, accepted, 'model.arch.')}")
         if self.name.startswith("DiT") and (self.skip or self.gla_backend != "auto"):
             raise ConfigError("model.skip / model.gla_backend: only DiG models have long skips and GLA backends")
+        self._check_shape()
         _require(0 <= self.class_dropout_prob < 1, "model.class_dropout_prob", self.class_dropout_prob,
                  "a value in [0, 1)")
         _require(self.num_classes >= 0, "model.num_classes", self.num_classes, "a count >= 0")
@@ -62,11 +64,55 @@ class ModelConfig:
         except ValueError:
             raise ConfigError(f"model.activation_checkpointing: {self.activation_checkpointing!r} is not one of "
                               f"{POLICIES} (K, N positive integers)") from None
+        self._check_builds()
+
+    def _check_shape(self) -> None:
+        """The sizes that make a model, named by the key that sets them (model.arch.* or the
+        model's name), so that a model with no blocks or a width its heads cannot split never starts."""
+        from dig_scale.models.layers import as_grid
+        from dig_scale.models.registry import model_defaults
+
+        sizes = {**model_defaults(self.name), **self.arch}
+
+        def key(name: str) -> str:
+            return f"model.arch.{name}" if name in self.arch else f"model.name ({self.name}'s {name})"
+
+        def setting(name: str) -> str:
+            return f"model.arch.{name}={sizes[name]}" if name in self.arch else \
+                f"{name}={sizes[name]} ({self.name}'s default)"
+
+        for name in ("depth", "hidden_size", "num_heads", "patch_size"):
+            value = sizes[name]
+            _require(isinstance(value, int) and not isinstance(value, bool) and value > 0, key(name), value,
+                     "a positive integer")
+        _require(self.in_channels > 0, "model.in_channels", self.in_channels, "a positive integer")
+        if sizes["hidden_size"] % sizes["num_heads"]:
+            raise ConfigError(f"{setting('hidden_size')} is not divisible by {setting('num_heads')}")
+        grid, patch = as_grid(self.input_size), sizes["patch_size"]
+        if min(grid) < 1 or grid[0] % patch or grid[1] % patch:
+            raise ConfigError(f"model.input_size: got {self.input_size}, expected positive sides divisible by "
+                              f"{setting('patch_size')}")
+
+    def _check_builds(self) -> None:
+        """Build the model without memory (meta device): whatever else its constructor refuses
+        is refused now, not at step 1."""
+        import torch
+
+        from dig_scale.models import model_from_config
+
+        try:
+            with torch.device("meta"):
+                model_from_config(self)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"model ({self.name} with model.arch={self.arch}): {e}") from None
 
 
 @dataclass
 class DiffusionConfig:
     num_timesteps: int = 1000      # the linear beta schedule of DDPM/DiT over this many steps
+
+    def check(self) -> None:
+        _require(self.num_timesteps > 0, "diffusion.num_timesteps", self.num_timesteps, "a positive integer")
 
 
 @dataclass
@@ -77,6 +123,8 @@ class DataConfig:
                                    # temp dir); set it for read-only or shared local datasets too:
                                    # streaming decompresses shards next to where it reads them
     num_workers: int = 4
+    wait_timeout_minutes: float = 10.0  # loader workers send nothing this long: stop, naming what they wait for
+                                        # (with num_workers=0, train.hang_dump_minutes dumps where it waits)
     shuffle: bool = True
     random_flip: bool = True       # train on the stored horizontal flip half of the time
     num_canonical_nodes: int = 8   # fixes the global sample order; keep it across resumes and world sizes
@@ -84,6 +132,8 @@ class DataConfig:
     def check(self) -> None:
         _require(bool(self.path), "data.path", self.path, "the dataset written by data_prep/encode.py")
         _require(self.num_canonical_nodes > 0, "data.num_canonical_nodes", self.num_canonical_nodes, "> 0")
+        _require(self.num_workers >= 0, "data.num_workers", self.num_workers, "a count >= 0 (0: load in the trainer)")
+        _require(self.wait_timeout_minutes > 0, "data.wait_timeout_minutes", self.wait_timeout_minutes, "> 0")
 
 
 @dataclass
@@ -97,6 +147,11 @@ class OptimConfig:
 
     def check(self) -> None:
         _require(self.lr > 0, "optim.lr", self.lr, "a positive learning rate")
+        for i, beta in enumerate(self.betas):
+            _require(0 <= beta < 1, f"optim.betas[{i}]", beta, "a value in [0, 1)")
+        _require(self.eps > 0, "optim.eps", self.eps, "a positive number")
+        _require(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "a value >= 0")
+        _require(self.warmup_steps >= 0, "optim.warmup_steps", self.warmup_steps, "a step count >= 0")
         _require(self.grad_clip >= 0, "optim.grad_clip", self.grad_clip, "a norm >= 0 (0 disables)")
 
 
@@ -116,6 +171,10 @@ class TrainConfig:
         for key in ("global_batch_size", "micro_batch_size", "max_steps"):
             _require(getattr(self, key) > 0, f"train.{key}", getattr(self, key), "a positive integer")
         _require(0 <= self.ema_decay < 1, "train.ema_decay", self.ema_decay, "a value in [0, 1)")
+        _require(self.max_consecutive_skips > 0, "train.max_consecutive_skips", self.max_consecutive_skips,
+                 "a positive integer")
+        for key in ("distributed_timeout_minutes", "hang_dump_minutes"):
+            _require(getattr(self, key) > 0, f"train.{key}", getattr(self, key), "a positive number of minutes")
 
 
 @dataclass
@@ -125,13 +184,15 @@ class CheckpointConfig:
     keep_every: int = 50_000       # also keep every checkpoint at a multiple of this step (0: none)
     final: bool = True             # checkpoint when max_steps is reached
     resume: str = "auto"           # auto (the newest complete checkpoint of this run, if any) | never |
-                                   # one of this run's checkpoints, by tag (step-0005000) or path
+                                   # one of this run's checkpoints, by tag (step-0005000) or path |
+                                   # another run's checkpoint by path (needs allow_other_run)
+    allow_other_run: bool = False  # continue from another run's checkpoint despite config differences
 
     def check(self) -> None:
         _require(self.every_steps >= 0, "checkpoint.every_steps", self.every_steps, ">= 0 (0: never)")
         _require(self.keep_last >= 1, "checkpoint.keep_last", self.keep_last, ">= 1")
         _require(bool(self.resume.strip()), "checkpoint.resume", self.resume,
-                 "auto, never, or a checkpoint of this run (tag or path)")
+                 "auto, never, or a checkpoint (tag or path)")
 
 
 @dataclass
@@ -153,6 +214,10 @@ class SamplingConfig:
     classes: list[int] = field(default_factory=lambda: [207, 360, 387, 974, 88, 979, 417, 279])
     seed: int = 0
 
+    def check(self) -> None:
+        _require(self.every_steps >= 0, "sampling.every_steps", self.every_steps, ">= 0 (0: never)")
+        _require(self.num_steps > 0, "sampling.num_steps", self.num_steps, "a positive integer")
+
 
 @dataclass
 class ExperimentConfig:
@@ -168,6 +233,11 @@ class ExperimentConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     deepspeed: dict[str, Any] = field(default_factory=dict)  # merged over the generated DeepSpeed config
+
+    def check(self) -> None:
+        """What no single section can check alone."""
+        _require(self.sampling.num_steps <= self.diffusion.num_timesteps, "sampling.num_steps",
+                 self.sampling.num_steps, f"at most diffusion.num_timesteps={self.diffusion.num_timesteps}")
 
 
 def _require(ok: bool, key: str, value: Any, expected: str) -> None:
@@ -230,6 +300,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 value = float(value) if tp is float else int(value)
             except ValueError:
                 raise wrong from None
+        if tp is float and isinstance(value, (int, float)) and not math.isfinite(value):
+            raise ConfigError(f"{key}: got {value!r}, expected a finite number")
         if tp is int and isinstance(value, int) or tp is float and isinstance(value, (int, float)):
             return tp(value)
         raise wrong

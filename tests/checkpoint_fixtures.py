@@ -10,12 +10,13 @@ from safetensors.torch import save_file
 from dig_scale.checkpoint import checkpoint_tag
 from dig_scale.checkpoint.manifest import digests, files_in, write_manifest
 
+DATASET = {"index_sha256": "1" * 64, "metadata_sha256": "2" * 64, "num_samples": 8, "created": "2026-11-30T00:00:00Z"}
 EMA = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.ones(2)}
 
 
 def trainer_state(step: int) -> dict:
-    return {"format": 1, "step": step, "world_size": 2, "skipped_steps": 0, "loader": {"epoch": 0},
-            "config": {"seed": 0}, "code_version": "0.1.0"}
+    return {"format": 2, "step": step, "world_size": 2, "skipped_steps": 0, "loader": {"epoch": 0},
+            "config": {"seed": 0}, "dataset": DATASET, "code_version": "0.1.0"}
 
 
 def make_checkpoint(directory, step: int, complete: bool = True):

@@ -25,3 +25,14 @@ def uninterrupted(tmp_path_factory):
     config = write_config(directory)
     assert_ok(launch(config, harness=("--record", str(directory / "record"))))
     return config, directory / "record"
+
+
+@pytest.fixture(autouse=True)
+def environment_restored():
+    """Some tests run our entry points in this process, and init_distributed sets RANK, WORLD_SIZE
+    and LOCAL_RANK as launchers do: restored after every test, so that no later test's subprocess
+    (a trainer, an sbatch job) inherits them."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)

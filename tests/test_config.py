@@ -64,6 +64,27 @@ def test_round_trip_through_yaml(tmp_path):
     ("train.ema_decay=1.5", "train.ema_decay: got 1.5, expected a value in [0, 1)"),
     ("optim.betas=[0.9]", "optim.betas: got [0.9], expected tuple[float, float]"),
     ("optim.lr", "expected key=value"),
+    # issue 10 item 10: each used to fail at step 1 or train something else than asked
+    ("model.arch.depth=-1", "model.arch.depth: got -1, expected a positive integer"),
+    ("model.arch.depth=0", "model.arch.depth: got 0, expected a positive integer"),
+    ("model.arch.hidden_size=100", "model.arch.hidden_size=100 is not divisible by num_heads=6 (DiG-S/2's default)"),
+    ("model.input_size=33", "model.input_size: got 33, expected positive sides divisible by patch_size=2"),
+    ("model.input_size=[32, 0]", "model.input_size: got (32, 0), expected positive sides"),
+    ("model.in_channels=0", "model.in_channels: got 0, expected a positive integer"),
+    ("optim.betas=[0.9, 1.0]", "optim.betas[1]: got 1.0, expected a value in [0, 1)"),
+    ("optim.betas=[-0.1, 0.999]", "optim.betas[0]: got -0.1, expected a value in [0, 1)"),
+    ("optim.eps=-1e-8", "optim.eps: got -1e-08, expected a positive number"),
+    ("optim.lr=inf", "optim.lr: got inf, expected a finite number"),
+    ("optim.lr=nan", "optim.lr: got nan, expected a finite number"),
+    ("optim.weight_decay=-1", "optim.weight_decay: got -1.0, expected a value >= 0"),
+    ("optim.warmup_steps=-5", "optim.warmup_steps: got -5, expected a step count >= 0"),
+    ("data.num_workers=-1", "data.num_workers: got -1, expected a count >= 0"),
+    ("data.wait_timeout_minutes=0", "data.wait_timeout_minutes: got 0.0, expected > 0"),
+    ("train.hang_dump_minutes=0", "train.hang_dump_minutes: got 0.0, expected a positive number of minutes"),
+    ("train.distributed_timeout_minutes=-1", "train.distributed_timeout_minutes: got -1.0, expected a positive"),
+    ("train.max_consecutive_skips=0", "train.max_consecutive_skips: got 0, expected a positive integer"),
+    ("diffusion.num_timesteps=0", "diffusion.num_timesteps: got 0, expected a positive integer"),
+    ("sampling.num_steps=2000", "sampling.num_steps: got 2000, expected at most diffusion.num_timesteps=1000"),
 ])
 def test_errors_name_the_key_the_value_and_the_expectation(override, message):
     with pytest.raises(ConfigError) as err:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from checkpoint_fixtures import make_checkpoint, trainer_state
+from checkpoint_fixtures import DATASET, make_checkpoint, trainer_state
 
 from dig_scale.checkpoint import CheckpointError, checkpoint_tag
 from dig_scale.config import ConfigError, config_from_dict, config_to_dict
@@ -102,7 +102,7 @@ def simulate_volume(monkeypatch, capacity: int, root: Path) -> None:
 
 def manager(directory: Path, keep_last: int) -> CheckpointManager:
     cfg = config_from_dict({"data": {"path": "/d"}, "checkpoint": {"keep_last": keep_last, "keep_every": 0}})
-    return CheckpointManager(directory, ProcessPlace(0, 1, 0, 1, "single"), cfg.checkpoint, {})
+    return CheckpointManager(directory, ProcessPlace(0, 1, 0, 1, "single"), cfg.checkpoint, {}, DATASET)
 
 
 def checkpoint_size(path: Path) -> int:

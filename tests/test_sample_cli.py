@@ -20,12 +20,10 @@ DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 @pytest.fixture
 def run_in_process(monkeypatch):
-    """sample.main in this process, as a world of one; the process-group env vars it sets are undone
-    after (setenv first: monkeypatch undoes a delenv only of a variable that existed), so that no later
-    test's subprocess inherits RANK=0 WORLD_SIZE=1."""
+    """sample.main in this process, as a world of one (what it sets in os.environ is undone by
+    conftest's environment_restored)."""
     for name in DIST_VARS:
-        monkeypatch.setenv(name, "")
-        monkeypatch.delenv(name)
+        monkeypatch.delenv(name, raising=False)
     return sample.main
 
 

@@ -24,10 +24,10 @@ from .layout import (
 )
 from .manifest import verify_checkpoint
 
-TRAINER_STATE_FORMAT = 1
+TRAINER_STATE_FORMAT = 2  # 2: records the dataset's identity
 # key -> type of every trainer_state.json (written by CheckpointManager.save)
 TRAINER_STATE_KEYS = {"format": int, "step": int, "world_size": int, "skipped_steps": int, "loader": dict,
-                      "config": dict, "code_version": str}
+                      "config": dict, "dataset": dict, "code_version": str}
 
 
 def resolve_checkpoint(path: str | Path, tag: str = "latest") -> Path:
@@ -64,7 +64,8 @@ def resolve_checkpoint(path: str | Path, tag: str = "latest") -> Path:
 
 def read_trainer_state(checkpoint: str | Path) -> dict[str, Any]:
     """The checkpoint's trainer_state.json (step, world_size, skipped_steps, loader, config,
-    code_version), checked for those keys and their types."""
+    dataset (integrity.dataset_identity of the training data), code_version), checked for those
+    keys and their types."""
     path = Path(checkpoint) / TRAINER_STATE
     try:
         state = json.loads(path.read_text(encoding="utf-8"))

@@ -5,8 +5,11 @@ import hashlib
 import os
 import tempfile
 import urllib.parse
+from dataclasses import dataclass
+from typing import Any
 
-from .schema import METADATA_FILENAME, DatasetMetadata
+from .integrity import dataset_identity, parse_index
+from .schema import INDEX_FILENAME, METADATA_FILENAME, DatasetMetadata
 
 
 def is_remote(path: str) -> bool:
@@ -64,15 +67,49 @@ def read_text(path: str) -> str | None:
             return f.read()
 
 
+def _metadata_text(path: str) -> str:
+    text = read_text(join(str(path), METADATA_FILENAME))
+    if text is None:
+        raise FileNotFoundError(f"{path}: no {METADATA_FILENAME}; expected a finished dataset written by "
+                                "data_prep/encode.py (an unfinished run resumes when you rerun the same command)")
+    return text
+
+
 def read_metadata(path: str) -> DatasetMetadata:
     """The metadata of a finished dataset (local directory or URI) without opening its shards.
 
     Raises FileNotFoundError naming the path when the dataset is missing or unfinished
     (data_prep/encode.py writes the metadata file last).
     """
-    location = join(str(path), METADATA_FILENAME)
-    text = read_text(location)
-    if text is None:
-        raise FileNotFoundError(f"{path}: no {METADATA_FILENAME}; expected a finished dataset written by "
-                                "data_prep/encode.py (an unfinished run resumes when you rerun the same command)")
-    return DatasetMetadata.from_json(text, where=location)
+    return DatasetMetadata.from_json(_metadata_text(path), where=join(str(path), METADATA_FILENAME))
+
+
+@dataclass(frozen=True)
+class DatasetFiles:
+    """A finished dataset's metadata and index as read, before any shard is."""
+
+    path: str
+    metadata: DatasetMetadata
+    metadata_text: str
+    index_text: str
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """Fingerprints that tell this dataset from any other (see integrity.dataset_identity)."""
+        return dataset_identity(self.index_text, self.metadata_text)
+
+
+def read_dataset(path: str) -> DatasetFiles:
+    """Metadata and index of a finished dataset, the index checked (integrity.check_index).
+
+    Raises FileNotFoundError naming what is missing, DataError for an index that cannot be used.
+    """
+    metadata_text = _metadata_text(path)
+    metadata = DatasetMetadata.from_json(metadata_text, where=join(str(path), METADATA_FILENAME))
+    location = join(str(path), INDEX_FILENAME)
+    index_text = read_text(location)
+    if index_text is None:
+        raise FileNotFoundError(f"{path}: has {METADATA_FILENAME} but no {INDEX_FILENAME}; not an MDS dataset "
+                                "written by data_prep/encode.py")
+    parse_index(index_text, location)
+    return DatasetFiles(str(path), metadata, metadata_text, index_text)

@@ -2,7 +2,7 @@
 
 The same command on every rank under any launcher (torchrun, deepspeed, srun, Kubernetes);
 exits 0 when max_steps is reached, 75 when preempted (launchers requeue on 75), 2 when the
-config, the run directory or its checkpoints cannot be used (the message says why), 1 otherwise.
+config, the run directory, its checkpoints or the dataset cannot be used (the message says why), 1 otherwise.
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     silence_library_notices()
     from dig_scale.checkpoint import CheckpointError
     from dig_scale.config import ConfigError, load_config
+    from dig_scale.data.integrity import DataError
     from dig_scale.launch_env import LaunchEnvError
 
     from .preemption import PreemptionHandler
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
             from .trainer import Trainer
 
             trainer = Trainer(cfg, preemption)
-        except (ConfigError, CheckpointError, LaunchEnvError, RunDirectoryInUse) as e:
+        except (ConfigError, CheckpointError, DataError, LaunchEnvError, RunDirectoryInUse) as e:
             print(f"{'config error' if isinstance(e, ConfigError) else 'error'}: {e}", file=sys.stderr)
             return _preempted_start_up() if preemption.received else 2
         except Exception:
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
             return _preempted_start_up()
         try:
             return trainer.run()
-        except CheckpointError as e:  # a save that cannot be written (e.g. a full disk): say so, no traceback
+        except (CheckpointError, DataError) as e:  # a save that cannot be written (a full disk), a damaged shard
             print(f"error: {e}", file=sys.stderr)
             return 1
 

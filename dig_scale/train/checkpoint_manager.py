@@ -1,10 +1,10 @@
 """Saving and restoring everything an exact resume needs (see ARCHITECTURE.md, "Checkpoints" and
 "Resume"). The manager is handed the stateful parts and owns the rest: the DeepSpeed engine's
 files, the EMA weights, the trainer state (the trainer's counters and the data loader's position,
-with the run's config and code version), the manifest and `latest`, retention, free space and
-the conversion to another world size.
+with the run's config, its dataset's identity and the code version), the manifest and `latest`,
+retention, free space and the conversion to another world size.
 
-    manager = CheckpointManager(run_dir.checkpoints, place, cfg.checkpoint, config_to_dict(cfg))
+    manager = CheckpointManager(run_dir.checkpoints, place, cfg.checkpoint, config_to_dict(cfg), data.identity)
     resume = manager.find_resume(cfg.checkpoint.resume)       # before the engine: it may change its config
     engine = deepspeed.initialize(..., config=manager.engine_config(ds_config, resume))
     manager.track(engine, ema, train=trainer, loader=loader)
@@ -48,10 +48,12 @@ from dig_scale.checkpoint.retention import delete, doomed
 from dig_scale.checkpoint.safe_load import only_safe_torch_loads, refuse_unsafe_types
 from dig_scale.checkpoint.universal import convert_to_universal
 from dig_scale.config import CheckpointConfig
+from dig_scale.data.integrity import describe_identity
 from dig_scale.launch_env import ProcessPlace
 
 from .distributed import any_rank, on_main_rank
 from .ema import EMA
+from .run_dir import config_differences
 
 FREE_SPACE_MARGIN = 1.05  # a save needs the size of the previous one; JSON and metadata vary a little
 
@@ -70,11 +72,15 @@ def _say(message: str) -> None:
 class ResumePoint:
     checkpoint: Path
     state: dict[str, Any]  # its trainer_state.json
+    other_run: bool = False  # the checkpoint of another run (checkpoint.allow_other_run)
 
 
 class CheckpointManager:
-    def __init__(self, directory: Path, place: ProcessPlace, cfg: CheckpointConfig, config: dict[str, Any]):
-        self.directory, self.place, self.cfg, self.config = directory, place, cfg, config
+    def __init__(self, directory: Path, place: ProcessPlace, cfg: CheckpointConfig, config: dict[str, Any],
+                 dataset: dict[str, Any]):
+        """`config`: the run's config as a dict; `dataset`: the identity of its training data
+        (integrity.dataset_identity), recorded in every checkpoint and checked on resume."""
+        self.directory, self.place, self.cfg, self.config, self.dataset = directory, place, cfg, config, dataset
         self._parts: tuple | None = None
 
     # --- before the engine exists -------------------------------------------------------------
@@ -99,16 +105,45 @@ class CheckpointManager:
         else:
             checkpoint = self._explicit(mode)
             verify_checkpoint(checkpoint)
-        return ResumePoint(checkpoint, read_trainer_state(checkpoint))
+        resume = ResumePoint(checkpoint, read_trainer_state(checkpoint),
+                             other_run=checkpoint.resolve().parent != self.directory.resolve())
+        if resume.other_run:
+            self._check_other_run(resume, complete)
+        if resume.state["dataset"] != self.dataset:
+            raise CheckpointError(
+                f"{checkpoint} was trained on other data than data.path={self.config['data']['path']!r} holds now:\n"
+                f"  checkpoint: {describe_identity(resume.state['dataset'])}\n"
+                f"  data.path:  {describe_identity(self.dataset)}\n"
+                "its loader position means nothing here; point data.path at the dataset it was trained on")
+        return resume
 
     def _explicit(self, mode: str) -> Path:
         candidate = (self.directory / mode if tag_step(mode) is not None else Path(mode)).resolve()
-        if candidate.parent != self.directory.resolve() or tag_step(candidate.name) is None:
-            raise CheckpointError(f"checkpoint.resume={mode!r}: expected auto, never, or a checkpoint of this run by "
-                                  f"tag or path; {describe(self.directory)}")
+        if tag_step(candidate.name) is None:
+            raise CheckpointError(f"checkpoint.resume={mode!r}: expected auto, never, or a checkpoint by tag or path "
+                                  f"(checkpoints/step-NNNNNNN); {describe(self.directory)}")
         if not candidate.is_dir():
             raise CheckpointError(f"checkpoint.resume={mode!r}: {candidate} does not exist; {describe(self.directory)}")
         return candidate
+
+    def _check_other_run(self, resume: ResumePoint, own: list[Path]) -> None:
+        """Another run's checkpoint goes on only when asked to (checkpoint.allow_other_run), with
+        the config differences listed either way; never over this run's own checkpoints, and at
+        the same world size (converting would write into the other run's directory)."""
+        where = f"checkpoint.resume={self.cfg.resume!r} is a checkpoint of another run ({resume.checkpoint.parent})"
+        if own:
+            raise CheckpointError(f"{where}, but {describe(self.directory)}; resume this run (checkpoint.resume=auto) "
+                                  "or use a new run_name")
+        if resume.state["world_size"] != self.place.world_size:
+            raise CheckpointError(f"{where}, written by {resume.state['world_size']} ranks; continue it with "
+                                  f"{resume.state['world_size']} ranks (this job has {self.place.world_size})")
+        differences = [d for d in config_differences(resume.state["config"], self.config)
+                       if not d.startswith(("run_name:", "output_dir:", "checkpoint."))]
+        listed = "\n  ".join(differences or ["(none besides run_name and output_dir)"])
+        if not self.cfg.allow_other_run:
+            raise CheckpointError(f"{where}; its config differs from this run's in:\n  {listed}\n"
+                                  "set checkpoint.allow_other_run=true to continue from it anyway")
+        _say(f"{where}, continued as asked (checkpoint.allow_other_run); config differences:\n  {listed}")
 
     def engine_config(self, ds_config: dict[str, Any], resume: ResumePoint | None) -> dict[str, Any]:
         """`ds_config`, told to load DeepSpeed's universal format when the checkpoint was written
@@ -154,8 +189,8 @@ class CheckpointManager:
             engine.save_checkpoint(str(self.directory), tag=tag, save_latest=False)
             if self.place.is_main:
                 state = {"format": TRAINER_STATE_FORMAT, "code_version": __version__,
-                         "world_size": self.place.world_size, "config": self.config, **train.state_dict(),
-                         "loader": loader.state_dict()}
+                         "world_size": self.place.world_size, "config": self.config, "dataset": self.dataset,
+                         **train.state_dict(), "loader": loader.state_dict()}
                 write_text_atomically(path / TRAINER_STATE, json.dumps(state, indent=1))
                 weights = {name: t.detach().cpu().contiguous() for name, t in ema.state_dict().items()}
                 write_atomically(path / EMA_WEIGHTS, lambda tmp: save_file(weights, tmp))

@@ -25,13 +25,16 @@ USER_ERRORS = (ConfigError, CheckpointError, RunDirectoryInUse)
 
 
 def init_distributed(place: ProcessPlace, timeout_minutes: float) -> torch.device:
-    """Set the standard env vars, pick this process's device and join the process group
-    (nccl on CUDA, gloo on CPU). Returns the device."""
+    """Set torchrun's variables, pick this process's device and join the process group (nccl on
+    CUDA, gloo on CPU). Returns the device."""
+    # torchrun's variables, for srun tasks and a world of one too: mosaicml-streaming and DeepSpeed
+    # read them (DeepSpeed refuses to start without LOCAL_RANK).
     os.environ.update(RANK=str(place.rank), WORLD_SIZE=str(place.world_size), LOCAL_RANK=str(place.local_rank))
-    missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
-    if missing and place.launcher != "single":
-        raise LaunchEnvError(f"{place.launcher} launch without {' and '.join(missing)}: the launcher must export the "
-                           "address and port of rank 0")
+    if place.world_size > 1:
+        missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+        if missing:
+            raise LaunchEnvError(f"{place.launcher} launch without {' and '.join(missing)}: the launcher must export "
+                                 "the address and port of rank 0")
     if torch.cuda.is_available():
         device = torch.device("cuda", place.local_rank)
         torch.cuda.set_device(device)
@@ -40,7 +43,7 @@ def init_distributed(place: ProcessPlace, timeout_minutes: float) -> torch.devic
     if not dist.is_initialized():
         # A world of one needs no rendezvous: an in-process store binds no port, so neither a
         # MASTER_PORT left in the environment nor a second run on this machine can collide with it.
-        rendezvous = dict(store=dist.HashStore(), rank=0, world_size=1) if place.launcher == "single" else {}
+        rendezvous = dict(store=dist.HashStore(), rank=0, world_size=1) if place.world_size == 1 else {}
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                 timeout=datetime.timedelta(minutes=timeout_minutes),
                                 device_id=device if device.type == "cuda" else None, **rendezvous)

@@ -21,7 +21,7 @@ from dig_scale.models import model_from_config
 from .activation_checkpointing import apply_activation_checkpointing
 from .checkpoint_manager import CheckpointManager
 from .compile import compile_blocks, use_compile_cache
-from .data_loading import build_loader, forever
+from .data_loading import build_loader, forever, open_dataset
 from .deepspeed_config import build_deepspeed_config
 from .distributed import init_distributed, on_main_rank
 from .ema import EMA
@@ -56,11 +56,16 @@ class Trainer:
         self.cfg, self.preemption = cfg, preemption
         self.place: ProcessPlace = detect_place()
         self.device = init_distributed(self.place, cfg.train.distributed_timeout_minutes)
+        self.data = open_dataset(cfg, self.place)
+        self.metadata = self.data.metadata
         self.run_dir = RunDirectory(cfg)
         notes = [on_main_rank(self.run_dir.lock.acquire)]
-        self.checkpoints = CheckpointManager(self.run_dir.checkpoints, self.place, cfg.checkpoint, config_to_dict(cfg))
+        self.checkpoints = CheckpointManager(self.run_dir.checkpoints, self.place, cfg.checkpoint, config_to_dict(cfg),
+                                             self.data.identity)
         resume = self.checkpoints.find_resume(cfg.checkpoint.resume)
-        notes += on_main_rank(lambda: self.run_dir.record_config(cfg, resume.state if resume else None))
+        # Another run's config was compared (and accepted) by find_resume; this run's record starts here.
+        resumed_config = resume.state if resume and not resume.other_run else None
+        notes += on_main_rank(lambda: self.run_dir.record_config(cfg, resumed_config))
 
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         model = model_from_config(cfg.model)
@@ -82,7 +87,7 @@ class Trainer:
         self.accumulation = ds_config["gradient_accumulation_steps"]
         self.diffusion = create_diffusion(cfg.diffusion.num_timesteps, cfg.model.learn_sigma)
 
-        self.loader, self.metadata = build_loader(cfg, self.place, self.device)
+        self.loader = build_loader(cfg, self.place, self.device, self.data.path)
         self.step, self.skipped = 0, 0
         # Skips are counted on the device and read at log and save steps (no per-step host sync).
         self.window_skips = torch.zeros((), device=self.device)
