@@ -159,8 +159,28 @@ def flops_per_image(size: str, res: int, contender: str) -> int:
         return 3 * create_model(f"{family}-{size}/2", input_size=res // 8, **SMOKE).flops_per_image()
 
 
+# Kernel names -> what they do, first match wins (names as the profiler reports them on Hopper).
+KERNEL_CLASSES = (
+    ("gla", ("_summary_kernel", "_scan_kernel", "_output_kernel", "_grad_summary_kernel", "_grad_kernel",
+             "_exact_output_kernel", "_exact_grad_kernel")),
+    ("matmul", ("nvjet", "gemm", "xmma", "cutlass", "sm90_")),
+    ("attention", ("flash", "fmha", "cudnn", "attention")),
+    ("conv", ("conv", "depthwise")),
+    ("optimizer", ("multi_tensor_apply", "adam")),
+    ("inductor", ("triton_",)),
+)
+
+
+def kernel_class(name: str) -> str:
+    for label, needles in KERNEL_CLASSES:
+        if any(n in name for n in needles):
+            return label
+    return "other"
+
+
 def profile_kernels(step, steps: int = 2) -> dict:
-    """Kernels launched per step and the fraction of the step's wall time the GPU is busy."""
+    """Kernels launched per step, the summed kernel time per step, and the fraction of the step's
+    wall time the GPU is busy (under the profiler, whose host overhead lowers it)."""
     from torch.profiler import ProfilerActivity, profile
 
     sync()
@@ -177,23 +197,34 @@ def profile_kernels(step, steps: int = 2) -> dict:
         if e > end:
             busy += e - max(s, end)
             end = e
-    return {"kernels_per_step": len(kernels) / steps, "gpu_busy": busy / wall_us}
+    return {"kernels_per_step": len(kernels) / steps, "gpu_busy": busy / wall_us,
+            "kernel_ms_per_step": busy / steps / 1e3}
 
 
 def top_ops(step, count: int = 15) -> dict:
-    """Where one step's time goes: the kernels with the most device time, and the host-side ops
-    with the most self time (a host-bound step shows up in the second list)."""
+    """Where one step's time goes: GPU kernel time by class (matmul, GLA, inductor-fused, ...),
+    the kernels with the most time, and the host-side ops with the most self time (a host-bound
+    step shows up in the last list)."""
     from torch.profiler import ProfilerActivity, profile
 
     sync()
     with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
         step()
         sync()
-    table = prof.key_averages()
-    device = sorted((e for e in table if e.device_time_total > 0), key=lambda e: -e.device_time_total)
-    host = sorted(table, key=lambda e: -e.self_cpu_time_total)
-    return {"device_ms": sum(e.self_device_time_total for e in table) / 1e3,
-            "top_kernels": [(e.key[:90], round(e.device_time_total / 1e3, 3), e.count) for e in device[:count]],
+    by_name: dict[str, list] = {}
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            totals = by_name.setdefault(e.name, [0.0, 0])
+            totals[0] += (e.time_range.end - e.time_range.start) / 1e3
+            totals[1] += 1
+    by_class: dict[str, float] = {}
+    for name, (ms, _) in by_name.items():
+        by_class[kernel_class(name)] = by_class.get(kernel_class(name), 0.0) + ms
+    host = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    return {"kernel_ms": round(sum(ms for ms, _ in by_name.values()), 3),
+            "kernel_ms_by_class": {k: round(v, 3) for k, v in sorted(by_class.items(), key=lambda kv: -kv[1])},
+            "top_kernels": [(name[:90], round(ms, 3), n) for name, (ms, n) in
+                            sorted(by_name.items(), key=lambda kv: -kv[1][0])[:count]],
             "top_host": [(e.key[:90], round(e.self_cpu_time_total / 1e3, 3), e.count) for e in host[:count]]}
 
 
@@ -457,11 +488,19 @@ def write_report(results: list[Path], out: Path) -> Path:
             lines.append(f"{head} {_fmt(e['img_per_s'])} | {_fmt(e['ms'])} | {100 * e['mfu']:.1f}% | "
                          f"{_fmt(e['peak_gb'])} | {100 * e['data_wait']:.1f}% | {' '.join(e['overrides'])} |")
         lines.append("")
+    for e in bare:
+        if "breakdown" in e and "kernel_ms_by_class" in e["breakdown"]:
+            classes = ", ".join(f"{k} {v:.1f}" for k, v in e["breakdown"]["kernel_ms_by_class"].items())
+            lines.append(f"- {e['run']}: {e['model']}/2 {e['res']} px {e['contender']}, GPU kernel time of one "
+                         f"profiled step {e['breakdown']['kernel_ms']:.1f} ms (wall {e['ms']:.1f} ms unprofiled): "
+                         f"{classes}.")
     for e in entries:
         if e["section"] == "trainer_profile":
             phases = ", ".join(f"{k} {v:.1f} ms" for k, v in e["phases_ms"].items())
             lines.append(f"- {e['run']}: trainer phases (DiG-XL/2 compiled, device syncs between phases): {phases}; "
-                         f"{e['kernels_per_step']:.0f} kernels per step.")
+                         f"{e['kernels_per_step']:.0f} kernels per step"
+                         + (f", {e['kernel_ms_per_step']:.1f} ms of GPU busy time per step." if "kernel_ms_per_step" in e
+                            else "."))
         if e["section"] == "loader":
             lines.append(f"- {e['run']}: the loader alone delivers {e['samples_per_s']:.0f} samples/s per rank "
                          f"(batch {e['batch']}, {e['workers']} workers, local MDS shards).")

@@ -37,6 +37,23 @@ def test_bfloat16_inputs_accumulate_in_fp32():
     assert rel_err(out, recurrent_gla(*inputs)) < 1e-2
 
 
+def test_autocast_around_the_call_changes_nothing():
+    """The op's forward runs inside the caller's autocast region, its backward outside it (as
+    `loss.backward()` after `with torch.autocast(...)`): the backend's products keep its own
+    precision, so forward and gradients equal those of the same call without autocast."""
+    inputs = random_gla_inputs(1, 2 * CHUNK + 9, 2, 16, 32, dtype=torch.float32)
+    plain, plain_grads = outputs_and_grads(lambda *x: chunk_gla(*x, backend="torch"), inputs)
+
+    def under_autocast(*x):
+        with torch.autocast("cpu", torch.bfloat16):
+            return chunk_gla(*x, backend="torch")
+
+    out, grads = outputs_and_grads(under_autocast, inputs)
+    assert out.dtype == torch.float32
+    assert torch.equal(out, plain)
+    assert all(torch.equal(a, b) for a, b in zip(grads, plain_grads))
+
+
 @pytest.mark.parametrize("gate_floor", [-0.5, -4.0, -20.0])
 def test_mild_and_strong_decay_match_recurrence_in_fp32(gate_floor):
     # Per-step gates down to gate_floor: up to 640 of cumulative decay inside one chunk, far past

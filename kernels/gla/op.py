@@ -71,14 +71,21 @@ def state_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _no_autocast(x: Tensor) -> torch.autocast:
+    """Backends choose their own precision: an autocast region around the caller must not recast
+    the torch backend's products (its states would come out bf16, not the float32 promised)."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
 @torch.library.custom_op("dig_kernels::gla", mutates_args=())
 def gla_op(
     q: Tensor, k: Tensor, v: Tensor, g: Tensor, output_gate: Tensor | None, norm_weight: Tensor | None,
     scale: float, gate_logit_normalizer: float, norm_eps: float, order: int, height: int, width: int,
     backend: str, save: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    outputs = _BACKENDS[backend].forward(q, k, v, g, output_gate, norm_weight, scale, gate_logit_normalizer,
-                                         norm_eps, ScanOrder(order), height, width, save)
+    with _no_autocast(q):
+        outputs = _BACKENDS[backend].forward(q, k, v, g, output_gate, norm_weight, scale, gate_logit_normalizer,
+                                             norm_eps, ScanOrder(order), height, width, save)
     return tuple(x.contiguous() for x in outputs)  # the layout the fake implementation promises
 
 
@@ -102,8 +109,9 @@ def gla_backward_op(
     if output_gate is not None and o_pre.numel() == 0:
         raise RuntimeError("the GLA forward ran with save=False, so the norm's input o_pre was not kept; "
                            "call dig_kernels::gla with save=True to differentiate it")
-    grads = _BACKENDS[backend].backward(q, k, v, g, output_gate, norm_weight, states, o_pre, d_out, scale,
-                                        gate_logit_normalizer, norm_eps, ScanOrder(order), height, width)
+    with _no_autocast(q):
+        grads = _BACKENDS[backend].backward(q, k, v, g, output_gate, norm_weight, states, o_pre, d_out, scale,
+                                            gate_logit_normalizer, norm_eps, ScanOrder(order), height, width)
     return tuple(q.new_empty(0) if x is None else x.contiguous() for x in grads)
 
 
