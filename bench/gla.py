@@ -3,7 +3,8 @@ compiled DiG-S/2 vs DiT-S/2 training step: everything issue 13's targets need, i
 
     python bench/gla.py              # ~6 min on one H100/H200 with cold caches; writes bench/results/gla_<card>.md
     python bench/gla.py --skip fla model-step
-    python bench/gla.py --ncu        # prints the Nsight Compute command that profiles our kernels
+
+Nsight Compute numbers per kernel: bench/gla_ncu.py.
 
 Cases: the GLA heads of DiG-S/B/L/XL-2 (key dim 32, value dim 64) at T = 256 .. 16384 with
 B*T ~ 65,536 tokens, and B = 1 at T = 16,384; bf16 q, k, v and fp32 log-space gates, as fla takes
@@ -43,8 +44,6 @@ LENGTHS = (256, 1024, 4096, 12544, 16384)
 TOKENS = 65536
 DK, DV, DIT_HEAD = 32, 64, 64
 REP_MS = 40
-OUR_KERNELS = ("_summary_kernel", "_scan_kernel", "_output_kernel", "_grad_summary_kernel", "_grad_kernel",
-               "_exact_output_kernel", "_exact_grad_kernel")
 
 
 @dataclass
@@ -168,29 +167,6 @@ def model_step_ms(name: str) -> float | None:
     return timed(step, rep=500, grad_to_none=list(model.parameters()))
 
 
-def profile_for_ncu() -> None:
-    """Two fwd+bwd at DiG-XL/2 B=16 T=4096 and DiG-S/2 B=1 T=16384, after a warm-up outside the
-    profiled range (ncu --profile-from-start off)."""
-    steps = []
-    for case in (Case("DiG-XL/2", 16, 4096), Case("DiG-S/2", 1, 16384)):
-        inputs = gla_inputs(case, grad=True)
-        steps.append(fwd_bwd(ours, inputs, torch.randn_like(inputs[2])))
-    for step in steps:
-        step()
-    torch.cuda.synchronize()
-    torch.cuda.profiler.start()
-    for step in steps:
-        step()
-    torch.cuda.synchronize()
-    torch.cuda.profiler.stop()
-
-
-NCU_COMMAND = ("ncu --clock-control none --profile-from-start off -k regex:'{kernels}' --section SpeedOfLight "
-               "--section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats "
-               "--metrics l1tex__data_pipe_lsu_wavefronts_mem_local.sum,dram__bytes.sum,gpu__time_duration.sum "
-               "-o gla_kernels python bench/gla.py --ncu-target")
-
-
 def fmt(x) -> str:
     return f"{x:.3f}" if x else "-"
 
@@ -286,15 +262,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--skip", nargs="*", default=[], choices=["fla", "sdpa", "model-step"],
                         help="contenders / parts to leave out")
-    parser.add_argument("--ncu", action="store_true", help="print the Nsight Compute command for our kernels")
-    parser.add_argument("--ncu-target", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
-    if args.ncu:
-        print(NCU_COMMAND.format(kernels="|".join(OUR_KERNELS)))
-        return
-    if args.ncu_target:
-        return profile_for_ncu()
     card = torch.cuda.get_device_name()
     print(f"{card}; {versions()}", flush=True)
     bandwidth = copy_bandwidth()

@@ -499,8 +499,8 @@ def write_report(results: list[Path], out: Path) -> Path:
             phases = ", ".join(f"{k} {v:.1f} ms" for k, v in e["phases_ms"].items())
             lines.append(f"- {e['run']}: trainer phases (DiG-XL/2 compiled, device syncs between phases): {phases}; "
                          f"{e['kernels_per_step']:.0f} kernels per step"
-                         + (f", {e['kernel_ms_per_step']:.1f} ms of GPU busy time per step." if "kernel_ms_per_step" in e
-                            else "."))
+                         + (f", {e['kernel_ms_per_step']:.1f} ms of GPU busy time per step."
+                            if "kernel_ms_per_step" in e else "."))
         if e["section"] == "loader":
             lines.append(f"- {e['run']}: the loader alone delivers {e['samples_per_s']:.0f} samples/s per rank "
                          f"(batch {e['batch']}, {e['workers']} workers, local MDS shards).")

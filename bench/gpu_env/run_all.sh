@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
-# Every GPU benchmark of the project in one call, from the repository root, with .whl/ carried
-# (bench/gpu_env/fetch.sh makes it):
-#     bash bench/gpu_env/run_all.sh OUT_DIR
-# On a machine with two GPUs: first the trainer on both (ZeRO-2 scaling), then two lanes at once,
-# GPU 0 the GLA kernels (GPU tests, then bench/gla.py), GPU 1 the training step (bench/train_step.py);
-# with one GPU the lanes run one after the other. Results land in OUT_DIR (logs, results.jsonl,
-# the GLA tables); nothing else is written outside a temp dir.
+# The project's GPU benchmarks, from the repository root, with .whl/ carried (bench/gpu_env/fetch.sh
+# makes it):
+#     bash bench/gpu_env/run_all.sh OUT_DIR [PART ...]        # default: every part, in this order
+# Parts, each sized for one 10-minute call on an H200, run one after the other (never two at once:
+# a second benchmark on the same host shifts the first one's numbers):
+#   scaling  the trainer on 1 and on 2 GPUs (ZeRO-2 scaling; skipped with one GPU)
+#   trainer  the real trainer (DiG and DiT compiled) and its phase profile, on GPU 0
+#   step     the bare model step, DiG vs DiT compiled: XL/2 at 256 px with a kernel breakdown, S/2 at
+#            256 and 1792 px, XL/2 at 2048 px
+#   gla      the Triton GLA GPU tests, bench/gla.py (ours vs fla vs SDPA) and bench/gla_ncu.py
+# Results land in OUT_DIR (results.jsonl, logs, the GLA tables); nothing else is written outside a
+# temp dir.
 set -u
-out=${1:?usage: run_all.sh OUT_DIR}
+out=${1:?usage: run_all.sh OUT_DIR [scaling|trainer|step|gla ...]}
+shift
+parts=${*:-scaling trainer step gla}
 . bench/gpu_env/install.sh || exit 1
 export PYTHONUNBUFFERED=1
 mkdir -p "$out/step"
@@ -16,29 +23,32 @@ scratch=$(mktemp -d)
 python3 -c "import dig_scale.train.trainer, dig_scale.sample, dig_scale.export, fla, deepspeed, streaming" || exit 1
 gpus=$(python3 -c "import torch; print(torch.cuda.device_count())")
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
+step() { python3 bench/train_step.py --out "$out/step" "$@" 2>&1; }
 
-gla_lane() {
-    python3 -m pytest -q -p no:cacheprovider tests/test_gla_triton.py 2>&1 | tail -n 15
-    python3 bench/gla.py --skip model-step --out "$out/gla" 2>&1
-}
-step_lane() {
-    python3 bench/train_step.py --out "$out/step" --scratch "$scratch/one" --sections ceilings,trainer \
-        --trainer-runs dig_xl2_compiled,dit_xl2_compiled 2>&1
-    python3 bench/train_step.py --out "$out/step" --scratch "$scratch/bare" --sections bare --breakdown \
-        --res 256 --contenders dig-compiled,dit-compiled 2>&1
-    python3 bench/train_step.py --out "$out/step" --scratch "$scratch/bare" --sections bare \
-        --res 2048 --contenders dig-compiled,dit-compiled 2>&1
-}
-
-if [ "$gpus" -ge 2 ]; then
-    python3 bench/train_step.py --out "$out/step" --scratch "$scratch/two" --sections trainer --gpus 2 \
-        --trainer-runs dig_xl2_compiled_2gpu > "$out/two_gpu.log" 2>&1
-    CUDA_VISIBLE_DEVICES=0 gla_lane > "$out/gla.log" 2>&1 &
-    CUDA_VISIBLE_DEVICES=1 step_lane > "$out/step.log" 2>&1
-    wait
-else
-    step_lane > "$out/step.log" 2>&1
-    gla_lane > "$out/gla.log" 2>&1
-fi
-grep -h '^{' "$out/step/results.jsonl" | cut -c1-400
-tail -n 40 "$out/gla.log"
+for part in $parts; do
+    echo "== $part $(date -u +%T)"
+    case $part in
+    scaling)
+        [ "$gpus" -ge 2 ] || { echo "one GPU: no scaling run"; continue; }
+        step --scratch "$scratch/two" --sections trainer --gpus 2 --trainer-runs dig_xl2_compiled_2gpu
+        CUDA_VISIBLE_DEVICES=0 step --scratch "$scratch/one" --sections trainer --trainer-runs dig_xl2_compiled ;;
+    trainer)
+        CUDA_VISIBLE_DEVICES=0 step --scratch "$scratch/one" --sections ceilings,trainer \
+            --trainer-runs loader,dig_xl2_compiled,dit_xl2_compiled,profile ;;
+    step)
+        export CUDA_VISIBLE_DEVICES=0
+        step --scratch "$scratch/bare" --sections bare --breakdown --res 256 --contenders dig-compiled,dit-compiled
+        step --scratch "$scratch/bare" --sections bare --models S --res 256,1792 --contenders dig-compiled,dit-compiled
+        step --scratch "$scratch/bare" --sections bare --res 2048 --contenders dig-compiled,dit-compiled
+        unset CUDA_VISIBLE_DEVICES ;;
+    gla)
+        export CUDA_VISIBLE_DEVICES=0
+        python3 -m pytest -q -p no:cacheprovider tests/test_gla_triton.py 2>&1 | tail -n 15
+        python3 bench/gla.py --out "$out/gla" 2>&1 | tail -n 40
+        python3 bench/gla_ncu.py --out "$out/gla" 2>&1
+        unset CUDA_VISIBLE_DEVICES ;;
+    *) echo "unknown part $part (scaling, trainer, step, gla)" >&2; exit 2 ;;
+    esac
+done
+[ -f "$out/step/results.jsonl" ] && grep -h '^{' "$out/step/results.jsonl" | cut -c1-600
+exit 0
