@@ -70,6 +70,9 @@ def _variants() -> list[tuple[str, triton.JITFunction, dict, dict, dict]]:
                     _types(triton_scan._scan_kernel, "*fp32"),
                     {"K": K, "V": V, "P": triton_scan.SCAN_BLOCK, "REVERSE": reverse},
                     {"num_warps": triton_scan.SCAN_WARPS, "num_stages": 1}))
+        out.append((f"short state scan, {'reverse' if reverse else 'forward'}", triton_scan._short_scan_kernel,
+                    _types(triton_scan._short_scan_kernel, "*fp32"), {"K": K, "V": V, "REVERSE": reverse},
+                    {"num_warps": triton_scan.SCAN_WARPS}))
     return out
 
 

@@ -18,7 +18,7 @@ if not CUDA and os.environ.get("TRITON_INTERPRET") != "1":
 
 from kernels.gla import ScanOrder, chunk_gla, chunk_length, scan_gla  # noqa: E402
 from kernels.gla.naive import naive_gla, recurrent_gla  # noqa: E402
-from kernels.gla.triton_scan import SCAN_BLOCK, scan_states  # noqa: E402
+from kernels.gla.triton_scan import SCAN_BLOCK, SHORT_SCAN, scan_states  # noqa: E402
 from kernels.gla.triton_tiles import CHUNK  # noqa: E402
 
 DEVICE = torch.device("cuda" if CUDA else "cpu")
@@ -63,9 +63,11 @@ def test_lengths(T):
 
 
 @pytest.mark.parametrize("reverse", [False, True])
-def test_state_scan_across_blocks_of_chunks(reverse):
-    # More chunks than one block of the scan, whose carry then crosses blocks; strong and mild decays.
-    BH, N, K, V = 2, 2 * SCAN_BLOCK + 5, 16, 16
+@pytest.mark.parametrize("N", [2 * SCAN_BLOCK + 5, SHORT_SCAN, 3])
+def test_state_scan(reverse, N):
+    # Blocked: more chunks than one block, whose carry then crosses blocks. Step by step: few chunks.
+    # Strong and mild decays.
+    BH, K, V = 2, 16, 16
     gen = torch.Generator().manual_seed(1)
     contributions = torch.randn(BH, N, K, V, generator=gen)
     log_decays = -torch.rand(BH, N, K, generator=gen) * torch.tensor([0.1, 30.0]).repeat(K // 2)

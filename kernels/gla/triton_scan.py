@@ -10,6 +10,11 @@ its own linear recurrence: a program takes one key row k (all V columns) of one 
 the chunks in blocks of P. Within a block the recurrence is a product with the P x P matrix of
 decays between its chunks (all exponents <= 0), between blocks a carried state: every chunk of a
 block is loaded at once, and the chain of dependent steps is N / P long, not N.
+
+Few chunks (DiG's 256 px step: T = 256, N = 4) and many sequences are the opposite case: there a
+block would be mostly padding and B*H*K programs each do almost nothing (a third of the GLA's GPU
+time at DiG-XL/2, 256 px, bench/results). Up to SHORT_SCAN chunks, one program per sequence walks
+its chunks one by one with the whole [K, V] state in registers.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import triton.language as tl
 
 SCAN_BLOCK = 32  # chunks per block
 SCAN_WARPS = 4
+SHORT_SCAN = 16  # at most this many chunks: the step-by-step kernel
 
 
 @triton.jit(do_not_specialize=["n_chunks"])
@@ -49,10 +55,28 @@ def _scan_kernel(states, log_decays, n_chunks, K: tl.constexpr, V: tl.constexpr,
         carry = tl.exp(total.to(tl.float32)) * carry + tl.sum(tl.exp((total - after).to(tl.float32))[:, None] * x, 0)
 
 
+@triton.jit(do_not_specialize=["n_chunks"])
+def _short_scan_kernel(states, log_decays, n_chunks, K: tl.constexpr, V: tl.constexpr, REVERSE: tl.constexpr):
+    bh = tl.program_id(0)
+    keys = tl.arange(0, K)
+    base = bh.to(tl.int64) * n_chunks
+    carry = tl.zeros([K, V], dtype=tl.float32)
+    for step in range(0, n_chunks):
+        chunk = n_chunks - 1 - step if REVERSE else step
+        ptrs = states + ((base + chunk) * K + keys)[:, None] * V + tl.arange(0, V)[None, :]
+        x = tl.load(ptrs)
+        decay = tl.exp(tl.load(log_decays + (base + chunk) * K + keys))
+        tl.store(ptrs, carry)
+        carry = decay[:, None] * carry + x
+
+
 def scan_states(contributions: torch.Tensor, log_decays: torch.Tensor, reverse: bool) -> torch.Tensor:
     """contributions [BH, N, K, V], log_decays [BH, N, K] (float32), in place -> the state entering
     each chunk (forward) or the gradient w.r.t. the state leaving it (reverse); returns it."""
     BH, N, K, V = contributions.shape
+    if N <= SHORT_SCAN:
+        _short_scan_kernel[(BH,)](contributions, log_decays, N, K=K, V=V, REVERSE=reverse, num_warps=SCAN_WARPS)
+        return contributions
     _scan_kernel[(BH, K)](contributions, log_decays, N, K=K, V=V, P=SCAN_BLOCK, REVERSE=reverse,
                           num_warps=SCAN_WARPS)
     return contributions
