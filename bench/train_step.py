@@ -11,8 +11,9 @@ Sections:
   conv      the 3x3 depthwise conv of a DiG block, fwd+bwd: PyTorch native vs cuDNN channels-last
   bare      one training step without the trainer: fp32 weights + bf16 autocast + fused AdamW +
             the diffusion loss (what a plain PyTorch user writes), for our DiG (eager, blocks
-            compiled), DiT with SDPA (eager, blocks compiled) and the reference-style DiG on
-            flash-linear-attention (bench/reference_dig.py, eager)
+            compiled, blocks compiled and replayed from CUDA graphs: "-graphed"), DiT with SDPA (the
+            same three) and the reference-style DiG on flash-linear-attention (bench/reference_dig.py,
+            eager)
   trainer   the real `python -m dig_scale.train` (DeepSpeed ZeRO-2, bf16) on synthetic MDS latents;
             throughput from its own metrics.jsonl, plus a profiled run: kernels per step, GPU-busy
             fraction and a phase breakdown (device syncs between phases)
@@ -47,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 from dig_scale.diffusion import create_diffusion  # noqa: E402
 from dig_scale.models import create_model  # noqa: E402
-from dig_scale.train.compile import compile_blocks  # noqa: E402
+from dig_scale.train.compile import compile_blocks, mark_step  # noqa: E402
 
 SIZES = {"XL": {256: 32, 512: 16, 1024: 4, 2048: 1}, "S": {256: 64, 512: 32, 1024: 8, 1792: 2, 2048: 1}}
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -233,8 +234,9 @@ def bench_bare(size: str, res: int, batch: int, contender: str, peak: float, ker
     entry = {"section": "bare", "model": size, "res": res, "batch": batch, "contender": contender}
     try:
         model = build(contender, size, res).to(DEVICE).train()
-        if "compiled" in contender:
-            compile_blocks(model)
+        graphed = contender.endswith("graphed")
+        if "compiled" in contender or graphed:
+            compile_blocks(model, cuda_graphs=graphed)
         diffusion = create_diffusion(1000, True)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=1e-4, fused=True)
@@ -242,6 +244,8 @@ def bench_bare(size: str, res: int, batch: int, contender: str, peak: float, ker
         y = torch.randint(0, 1000, (batch,), device=DEVICE)
 
         def step():
+            if graphed:
+                mark_step()
             t = torch.randint(0, 1000, (batch,), device=DEVICE)
             with torch.autocast(DEVICE, torch.bfloat16):
                 loss = diffusion.training_losses(model, x, t, model_kwargs={"y": y})["loss"].mean()
@@ -416,6 +420,8 @@ def profile_trainer_child(config: str, overrides: list[str], steps: int) -> None
     for _ in range(steps):
         sync()
         marks = [time.perf_counter()]
+        if trainer.cfg.train.cuda_graphs:
+            mark_step()
         x, y = batch["x"].to(device, non_blocking=True), batch["y"].to(device, non_blocking=True)
         t = torch.randint(0, 1000, (x.shape[0],), device=device)
         loss = trainer.diffusion.training_losses(trainer._model, x, t, model_kwargs={"y": y})["loss"].mean()
@@ -428,7 +434,8 @@ def profile_trainer_child(config: str, overrides: list[str], steps: int) -> None
         marks.append(time.perf_counter())
         for key, a, b in zip(phases, marks, marks[1:]):
             phases[key].append(1e3 * (b - a))
-    entry = {"section": "trainer_profile", "phases_ms": {k: float(np.median(v)) for k, v in phases.items()}}
+    entry = {"section": "trainer_profile", "cuda_graphs": trainer.cfg.train.cuda_graphs,
+             "phases_ms": {k: float(np.median(v)) for k, v in phases.items()}}
     entry.update(profile_kernels(lambda: trainer.train_step([batch])))
     record(entry)
 
@@ -497,7 +504,9 @@ def write_report(results: list[Path], out: Path) -> Path:
     for e in entries:
         if e["section"] == "trainer_profile":
             phases = ", ".join(f"{k} {v:.1f} ms" for k, v in e["phases_ms"].items())
-            lines.append(f"- {e['run']}: trainer phases (DiG-XL/2 compiled, device syncs between phases): {phases}; "
+            graphs = ", CUDA graphs" if e.get("cuda_graphs") else ""
+            lines.append(f"- {e['run']}: trainer phases (DiG-XL/2 compiled{graphs}, device syncs between phases): "
+                         f"{phases}; "
                          f"{e['kernels_per_step']:.0f} kernels per step"
                          + (f", {e['kernel_ms_per_step']:.1f} ms of GPU busy time per step."
                             if "kernel_ms_per_step" in e else "."))
@@ -562,7 +571,7 @@ def main() -> int:
     parser.add_argument("--breakdown", action="store_true", help="bare section: top kernels and host ops per step")
     parser.add_argument("--gpus", type=int, default=1, help="trainer section: GPUs for dig_xl2_compiled_<N>gpu")
     parser.add_argument("--trainer-runs", default="loader,dig_xl2_compiled,dig_xl2_eager,dit_xl2_compiled,profile",
-                        help="trainer section: which runs (names in main(); 'loader', 'profile')")
+                        help="trainer section: which runs (names in main(); 'loader', 'profile', 'profile_graphed')")
     parser.add_argument("--profile-child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     parser.add_argument("--report", type=Path, nargs="+", help="results.jsonl files to turn into tables and a plot")
     args = parser.parse_args()
@@ -609,6 +618,10 @@ def main() -> int:
                 "dig_xl2_eager": ("DiG-XL/2", "train.compile=false"),
                 "dit_xl2_compiled": ("DiT-XL/2", "train.compile=true", "model.name=DiT-XL/2",
                                      *(["model.gla_backend=auto"] if SMOKE else [])),
+                "dig_xl2_graphed": ("DiG-XL/2", "train.compile=true", "train.cuda_graphs=true"),
+                "dig_xl2_compiled_overlap": ("DiG-XL/2", "train.compile=true",
+                                             "deepspeed.zero_optimization.overlap_comm=true"),
+                "dit_xl2_graphed": ("DiT-XL/2", "train.compile=true", "train.cuda_graphs=true", "model.name=DiT-XL/2"),
                 f"dig_xl2_compiled_{args.gpus}gpu": ("DiG-XL/2", "train.compile=true")}
         if "loader" in args.trainer_runs:
             bench_loader(data, batch, workers=8 if DEVICE == "cuda" else 0)
@@ -619,13 +632,15 @@ def main() -> int:
             gpus = args.gpus if name.endswith("gpu") else 1
             bench_trainer(scratch, data, name, "dig_xl2_in1k256.yaml", model, batch, steps, peak, *tiny,
                           *extra, *(["train.compile=false"] if SMOKE else []), gpus=gpus)
-        if "profile" not in args.trainer_runs:
-            return 0
-        overrides = trainer_overrides(scratch, "profile", data, batch, 10, *tiny,
-                                      f"train.compile={'false' if SMOKE else 'true'}")
-        subprocess.run([sys.executable, __file__, "--out", str(args.out), *(["--smoke"] if SMOKE else []),
-                        "--profile-child", "dig_xl2_in1k256.yaml", "10" if DEVICE == "cuda" else "2", *overrides],
-                       cwd=ROOT)
+        for name in ("profile", "profile_graphed"):
+            if name not in args.trainer_runs.split(","):
+                continue
+            overrides = trainer_overrides(scratch, name, data, batch, 10, *tiny,
+                                          f"train.compile={'false' if SMOKE else 'true'}",
+                                          *(["train.cuda_graphs=true"] if name.endswith("graphed") else []))
+            subprocess.run([sys.executable, __file__, "--out", str(args.out), *(["--smoke"] if SMOKE else []),
+                            "--profile-child", "dig_xl2_in1k256.yaml", "10" if DEVICE == "cuda" else "2", *overrides],
+                           cwd=ROOT)
     return 0
 
 

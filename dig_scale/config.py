@@ -163,6 +163,7 @@ class TrainConfig:
     ema_decay: float = 0.9999
     precision: Literal["bf16", "fp32"] = "bf16"
     compile: bool = False          # torch.compile the model
+    cuda_graphs: bool = False      # with compile, on CUDA: replay each compiled block's kernels from a CUDA graph
     max_consecutive_skips: int = 20  # steps skipped for non-finite loss/gradients in a row before aborting
     distributed_timeout_minutes: float = 30.0
     hang_dump_minutes: float = 20.0  # a step taking longer dumps every thread's stack to stderr
@@ -238,6 +239,12 @@ class ExperimentConfig:
         """What no single section can check alone."""
         _require(self.sampling.num_steps <= self.diffusion.num_timesteps, "sampling.num_steps",
                  self.sampling.num_steps, f"at most diffusion.num_timesteps={self.diffusion.num_timesteps}")
+        if self.train.cuda_graphs:
+            _require(self.train.compile, "train.cuda_graphs", True, "false unless train.compile is true "
+                     "(the graphs are recorded by torch.compile)")
+            _require(self.model.activation_checkpointing == "none", "train.cuda_graphs", True,
+                     "false with model.activation_checkpointing (a block recomputed in the backward pass "
+                     "would replay the graph its forward recorded)")
 
 
 def _require(ok: bool, key: str, value: Any, expected: str) -> None:

@@ -92,6 +92,14 @@ def test_errors_name_the_key_the_value_and_the_expectation(override, message):
     assert message in str(err.value)
 
 
+def test_cuda_graphs_need_compile_and_no_recomputed_blocks():
+    assert load_config(S2, ["train.compile=true", "train.cuda_graphs=true"]).train.cuda_graphs
+    with pytest.raises(ConfigError, match="train.cuda_graphs: got True, expected false unless train.compile"):
+        load_config(S2, ["train.cuda_graphs=true"])
+    with pytest.raises(ConfigError, match="expected false with model.activation_checkpointing"):
+        load_config(S2, ["train.compile=true", "train.cuda_graphs=true", "model.activation_checkpointing=all"])
+
+
 def test_bad_files(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")

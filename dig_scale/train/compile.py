@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
 import torch.nn as nn
 
 
@@ -20,7 +21,16 @@ def use_compile_cache(directory: Path) -> None:
     os.environ.setdefault("TRITON_CACHE_DIR", str(directory / "triton"))
 
 
-def compile_blocks(model: nn.Module) -> None:
-    """Compile each of `model.blocks` in place (nn.Module.compile)."""
+def compile_blocks(model: nn.Module, cuda_graphs: bool = False) -> None:
+    """Compile each of `model.blocks` in place (nn.Module.compile). With `cuda_graphs`, each
+    compiled block's forward and backward replay from CUDA graphs (mode "reduce-overhead"; on CUDA
+    only, elsewhere it compiles as without): one launch per block instead of one per kernel, for
+    steps whose host cannot launch kernels as fast as the GPU runs them. The caller marks each
+    step's start (`mark_step`)."""
     for block in model.blocks:
-        block.compile(dynamic=False)
+        block.compile(dynamic=False, mode="reduce-overhead" if cuda_graphs else None)
+
+
+def mark_step() -> None:
+    """A new training step begins: the graphs' outputs of the previous one may be overwritten."""
+    torch.compiler.cudagraph_mark_step_begin()

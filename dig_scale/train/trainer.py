@@ -20,7 +20,7 @@ from dig_scale.models import model_from_config
 
 from .activation_checkpointing import apply_activation_checkpointing
 from .checkpoint_manager import CheckpointManager
-from .compile import compile_blocks, use_compile_cache
+from .compile import compile_blocks, mark_step, use_compile_cache
 from .data_loading import build_loader, forever, open_dataset
 from .deepspeed_config import build_deepspeed_config
 from .distributed import init_distributed, on_main_rank
@@ -81,7 +81,7 @@ class Trainer:
         self.ema = EMA(self.engine.module, cfg.train.ema_decay)  # starts at the initial (bf16) weights
         if cfg.train.compile:
             use_compile_cache(self.run_dir.root / "compile_cache")
-            compile_blocks(self.engine.module)
+            compile_blocks(self.engine.module, cfg.train.cuda_graphs)
         self.guard = UpdateGuard(self.engine, cfg.optim.grad_clip, self.place.world_size)
         self.dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
         self.accumulation = ds_config["gradient_accumulation_steps"]
@@ -126,6 +126,8 @@ class Trainer:
         torch.manual_seed(step_seed(self.cfg.seed, self.step, self.place.rank))
         losses = []
         for i, batch in enumerate(micro_batches):
+            if self.cfg.train.cuda_graphs:
+                mark_step()
             x = batch["x"].to(self.device, non_blocking=True)
             y = batch["y"].to(self.device, non_blocking=True)
             t = torch.randint(0, self.diffusion.num_timesteps, (x.shape[0],), device=self.device)
