@@ -6,8 +6,8 @@ DiG-XL/2 at T=4096 and DiG-S/2 at B=1, T=16384.
 
 Runs `ncu` itself, once per shape, with `--clock-control none` (the clocks as a training job sees
 them) and writes gla_ncu_<card>.md: per kernel launch its grid, registers per thread, duration,
-DRAM bytes and achieved bandwidth, achieved vs theoretical occupancy, and local-memory wavefronts
-(register spills; 0 means none). Needs ncu on PATH and a GPU whose counters it may read.
+DRAM bytes and achieved bandwidth, achieved vs theoretical occupancy, and local-memory sectors read
+and written (register spills; 0 means none). Needs ncu on PATH and a GPU whose counters it may read.
 """
 from __future__ import annotations
 
@@ -36,8 +36,8 @@ KERNELS = "_summary_kernel|_scan_kernel|_output_kernel|_grad_summary_kernel|_gra
           "_exact_grad_kernel"
 METRICS = ["gpu__time_duration.sum", "dram__bytes_read.sum", "dram__bytes_write.sum", "launch__grid_size",
            "launch__registers_per_thread", "sm__warps_active.avg.pct_of_peak_sustained_active",
-           "sm__maximum_warps_per_active_cycle_pct", "l1tex__data_pipe_lsu_wavefronts_mem_local.sum",
-           "dram__throughput.avg.pct_of_peak_sustained_elapsed"]
+           "sm__maximum_warps_per_active_cycle_pct", "l1tex__t_sectors_pipe_lsu_mem_local_op_ld.sum",
+           "l1tex__t_sectors_pipe_lsu_mem_local_op_st.sum"]
 
 
 def layer_call(case: str):
@@ -85,23 +85,33 @@ def run_ncu(case: str) -> list[dict]:
 
 
 def number(row: dict, metric: str) -> float:
-    return float(row[metric].replace(",", ""))
+    """A metric's value; NaN where this ncu/GPU did not report it (the table shows "-")."""
+    try:
+        return float(row[metric].replace(",", ""))
+    except (KeyError, ValueError):
+        return float("nan")
+
+
+def integer(x: float) -> str:
+    return "-" if x != x else str(int(x))
 
 
 def table(case: str, rows: list[dict], bandwidth: float) -> list[str]:
     lines = [f"\n### {case}\n", "| # | kernel | grid | regs/thread | µs | DRAM MB | GB/s | % of copy bw | "
-             "achieved occ. % | theoretical occ. % | local wavefronts |", "|" + "---|" * 11]
+             "achieved occ. % | theoretical occ. % | local-memory sectors |", "|" + "---|" * 11]
     total_ns = total_bytes = 0.0
     for i, r in enumerate(rows):
         ns = number(r, "gpu__time_duration.sum")
         moved = number(r, "dram__bytes_read.sum") + number(r, "dram__bytes_write.sum")
         total_ns, total_bytes = total_ns + ns, total_bytes + moved
-        lines.append(f"| {i} | {r['Kernel Name'][:40]} | {int(number(r, 'launch__grid_size'))} | "
-                     f"{int(number(r, 'launch__registers_per_thread'))} | {ns / 1e3:.1f} | {moved / 1e6:.1f} | "
+        spills = number(r, "l1tex__t_sectors_pipe_lsu_mem_local_op_ld.sum") + number(
+            r, "l1tex__t_sectors_pipe_lsu_mem_local_op_st.sum")
+        lines.append(f"| {i} | {r['Kernel Name'][:40]} | {integer(number(r, 'launch__grid_size'))} | "
+                     f"{integer(number(r, 'launch__registers_per_thread'))} | {ns / 1e3:.1f} | {moved / 1e6:.1f} | "
                      f"{moved / ns:.0f} | {100 * moved / ns * 1e9 / bandwidth:.0f} | "
                      f"{number(r, 'sm__warps_active.avg.pct_of_peak_sustained_active'):.0f} | "
                      f"{number(r, 'sm__maximum_warps_per_active_cycle_pct'):.0f} | "
-                     f"{int(number(r, 'l1tex__data_pipe_lsu_wavefronts_mem_local.sum'))} |")
+                     f"{integer(spills)} |")
     lines.append(f"| | **all** | | | **{total_ns / 1e3:.1f}** | {total_bytes / 1e6:.1f} | {total_bytes / total_ns:.0f} "
                  f"| {100 * total_bytes / total_ns * 1e9 / bandwidth:.0f} | | | |")
     return lines

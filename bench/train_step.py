@@ -569,8 +569,9 @@ def main() -> int:
     parser.add_argument("--trainer-steps", type=int, default=60)
     parser.add_argument("--smoke", action="store_true", help="CPU check of the script with tiny models")
     parser.add_argument("--breakdown", action="store_true", help="bare section: top kernels and host ops per step")
-    parser.add_argument("--gpus", type=int, default=1, help="trainer section: GPUs for dig_xl2_compiled_<N>gpu")
-    parser.add_argument("--trainer-runs", default="loader,dig_xl2_compiled,dig_xl2_eager,dit_xl2_compiled,profile",
+    parser.add_argument("--gpus", type=int, default=1, help="trainer section: GPUs for dig_xl2_graphed_<N>gpu")
+    parser.add_argument("--trainer-runs",
+                        default="loader,dig_xl2_graphed,dig_xl2_compiled,dit_xl2_graphed,profile_graphed",
                         help="trainer section: which runs (names in main(); 'loader', 'profile', 'profile_graphed')")
     parser.add_argument("--profile-child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     parser.add_argument("--report", type=Path, nargs="+", help="results.jsonl files to turn into tables and a plot")
@@ -614,15 +615,16 @@ def main() -> int:
         # (compiling on a CPU takes many minutes: the smoke check runs the trainer eager)
         tiny = ["model.arch={depth: 2, hidden_size: 64, num_heads: 2}", "model.gla_backend=torch",
                 "train.precision=fp32", "data.num_workers=0"] if SMOKE else []
-        runs = {"dig_xl2_compiled": ("DiG-XL/2", "train.compile=true"),
-                "dig_xl2_eager": ("DiG-XL/2", "train.compile=false"),
-                "dit_xl2_compiled": ("DiT-XL/2", "train.compile=true", "model.name=DiT-XL/2",
-                                     *(["model.gla_backend=auto"] if SMOKE else [])),
-                "dig_xl2_graphed": ("DiG-XL/2", "train.compile=true", "train.cuda_graphs=true"),
-                "dig_xl2_compiled_overlap": ("DiG-XL/2", "train.compile=true",
-                                             "deepspeed.zero_optimization.overlap_comm=true"),
+        no_graphs = "train.cuda_graphs=false"
+        runs = {"dig_xl2_graphed": ("DiG-XL/2", "train.compile=true", "train.cuda_graphs=true"),
+                "dig_xl2_compiled": ("DiG-XL/2", "train.compile=true", no_graphs),
+                "dig_xl2_compiled_no_overlap": ("DiG-XL/2", "train.compile=true", no_graphs,
+                                                "deepspeed.zero_optimization.overlap_comm=false"),
+                "dig_xl2_eager": ("DiG-XL/2", "train.compile=false", no_graphs),
                 "dit_xl2_graphed": ("DiT-XL/2", "train.compile=true", "train.cuda_graphs=true", "model.name=DiT-XL/2"),
-                f"dig_xl2_compiled_{args.gpus}gpu": ("DiG-XL/2", "train.compile=true")}
+                "dit_xl2_compiled": ("DiT-XL/2", "train.compile=true", no_graphs, "model.name=DiT-XL/2",
+                                     *(["model.gla_backend=auto"] if SMOKE else [])),
+                f"dig_xl2_graphed_{args.gpus}gpu": ("DiG-XL/2", "train.compile=true", "train.cuda_graphs=true")}
         if "loader" in args.trainer_runs:
             bench_loader(data, batch, workers=8 if DEVICE == "cuda" else 0)
         for name in args.trainer_runs.split(","):
@@ -631,13 +633,14 @@ def main() -> int:
             model, *extra = runs[name]
             gpus = args.gpus if name.endswith("gpu") else 1
             bench_trainer(scratch, data, name, "dig_xl2_in1k256.yaml", model, batch, steps, peak, *tiny,
-                          *extra, *(["train.compile=false"] if SMOKE else []), gpus=gpus)
+                          *extra, *(["train.compile=false", no_graphs] if SMOKE else []), gpus=gpus)
         for name in ("profile", "profile_graphed"):
             if name not in args.trainer_runs.split(","):
                 continue
+            graphs = name.endswith("graphed") and not SMOKE
             overrides = trainer_overrides(scratch, name, data, batch, 10, *tiny,
                                           f"train.compile={'false' if SMOKE else 'true'}",
-                                          *(["train.cuda_graphs=true"] if name.endswith("graphed") else []))
+                                          f"train.cuda_graphs={'true' if graphs else 'false'}")
             subprocess.run([sys.executable, __file__, "--out", str(args.out), *(["--smoke"] if SMOKE else []),
                             "--profile-child", "dig_xl2_in1k256.yaml", "10" if DEVICE == "cuda" else "2", *overrides],
                            cwd=ROOT)

@@ -241,10 +241,10 @@ class ExperimentConfig:
                  self.sampling.num_steps, f"at most diffusion.num_timesteps={self.diffusion.num_timesteps}")
         if self.train.cuda_graphs:
             _require(self.train.compile, "train.cuda_graphs", True, "false unless train.compile is true "
-                     "(the graphs are recorded by torch.compile)")
+                     "(torch.compile records the graphs): add train.cuda_graphs=false")
             _require(self.model.activation_checkpointing == "none", "train.cuda_graphs", True,
                      "false with model.activation_checkpointing (a block recomputed in the backward pass "
-                     "would replay the graph its forward recorded)")
+                     "would replay the graph its forward recorded): add train.cuda_graphs=false")
 
 
 def _require(ok: bool, key: str, value: Any, expected: str) -> None:

@@ -30,16 +30,17 @@ for part in $parts; do
     case $part in
     scaling)
         [ "$gpus" -ge 2 ] || { echo "one GPU: no scaling run"; continue; }
-        step --scratch "$scratch/two" --sections trainer --gpus 2 --trainer-runs dig_xl2_compiled_2gpu
-        CUDA_VISIBLE_DEVICES=0 step --scratch "$scratch/one" --sections trainer --trainer-runs dig_xl2_compiled ;;
+        step --scratch "$scratch/two" --sections trainer --gpus 2 --trainer-runs dig_xl2_graphed_2gpu
+        CUDA_VISIBLE_DEVICES=0 step --scratch "$scratch/one" --sections trainer --trainer-runs dig_xl2_graphed ;;
     trainer)
         CUDA_VISIBLE_DEVICES=0 step --scratch "$scratch/one" --sections ceilings,trainer \
-            --trainer-runs loader,dig_xl2_compiled,dit_xl2_compiled,profile ;;
+            --trainer-runs loader,dig_xl2_graphed,dit_xl2_graphed,dig_xl2_compiled,profile_graphed ;;
     step)
         export CUDA_VISIBLE_DEVICES=0
-        step --scratch "$scratch/bare" --sections bare --breakdown --res 256 --contenders dig-compiled,dit-compiled
-        step --scratch "$scratch/bare" --sections bare --models S --res 256,1792 --contenders dig-compiled,dit-compiled
-        step --scratch "$scratch/bare" --sections bare --res 2048 --contenders dig-compiled,dit-compiled
+        step --scratch "$scratch/bare" --sections bare --breakdown --res 256 \
+            --contenders dig-graphed,dit-graphed,dig-compiled,dit-compiled
+        step --scratch "$scratch/bare" --sections bare --models S --res 256,1792 --contenders dig-graphed,dit-graphed
+        step --scratch "$scratch/bare" --sections bare --res 2048 --contenders dig-graphed,dit-graphed
         unset CUDA_VISIBLE_DEVICES ;;
     gla)
         export CUDA_VISIBLE_DEVICES=0

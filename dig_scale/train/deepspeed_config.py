@@ -48,8 +48,9 @@ def _check_not_owned(section: dict) -> None:
 def build_deepspeed_config(cfg: ExperimentConfig, world_size: int) -> dict[str, Any]:
     """ZeRO-2 with contiguous, bucketed gradient reduction; bf16; linear warm-up then constant LR.
 
-    Chosen per world size: with one rank there is nothing to overlap, and overlap_comm would add
-    a device sync at the end of every backward pass, so it is on only for several ranks.
+    overlap_comm is on at every world size: measured on one H200, it is faster with a single
+    rank too (DiG-XL/2 at 256 px, compiled, no CUDA graphs: 140 ms/step with it, 178 ms without;
+    bench/results/train_step_nvidia_h200.md).
     DeepSpeed's per-parameter overflow check and gradient norm are off: the trainer does both
     in one fused pass (update_guard.py), and clipping (optim.grad_clip) happens there too."""
     _check_not_owned(cfg.deepspeed)
@@ -60,7 +61,7 @@ def build_deepspeed_config(cfg: ExperimentConfig, world_size: int) -> dict[str, 
         "gradient_clipping": 0.0,
         "zero_optimization": {
             "stage": 2,
-            "overlap_comm": world_size > 1,
+            "overlap_comm": True,
             "contiguous_gradients": True,
             "reduce_scatter": True,
             "reduce_bucket_size": 5e8,
