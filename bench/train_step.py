@@ -34,6 +34,7 @@ import argparse
 import datetime
 import gc
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -379,7 +380,9 @@ def bench_loader(data: Path, batch: int, workers: int, batches: int = 200) -> No
 
 def bench_trainer(scratch: Path, data: Path, name: str, config: str, size: str, batch: int, steps: int, peak: float,
                   *extra: str, gpus: int = 1) -> None:
-    """The real entry point as a user runs it; throughput from the last logging window."""
+    """The real entry point as a user runs it; throughput from the last logging window. A run
+    directory of the same name left in a reused --scratch is removed first (it would be resumed)."""
+    shutil.rmtree(scratch / "runs" / name, ignore_errors=True)
     launcher = [sys.executable] if gpus == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                                     f"--nproc_per_node={gpus}"]
     command = [*launcher, "-m", "dig_scale.train", str(ROOT / "configs" / config),
@@ -610,7 +613,8 @@ def main() -> int:
     if "trainer" in sections:
         scratch = args.scratch or Path(tempfile.mkdtemp(prefix="train_step-"))
         data = scratch / "latents"
-        write_synthetic_latents(data, 4096 if DEVICE == "cuda" else 64, 32)
+        if not (data / "index.json").is_file():  # a --scratch reused across calls keeps its data
+            write_synthetic_latents(data, 4096 if DEVICE == "cuda" else 64, 32)
         steps, batch = (args.trainer_steps, 32) if DEVICE == "cuda" else (3, 2)
         # (compiling on a CPU takes many minutes: the smoke check runs the trainer eager)
         tiny = ["model.arch={depth: 2, hidden_size: 64, num_heads: 2}", "model.gla_backend=torch",

@@ -42,6 +42,9 @@ def test_deepspeed_section_is_merged_over_the_generated_config():
     assert ds["gradient_accumulation_steps"] == 1 and ds["gradient_clipping"] == 0.0
     assert ds["scheduler"]["params"]["warmup_num_steps"] == 10
     assert build_deepspeed_config(cfg, world_size=1)["zero_optimization"]["overlap_comm"] is True
+    graphed = config_from_dict({"data": {"path": "/d"}, "train": {"compile": True, "cuda_graphs": True}})
+    assert build_deepspeed_config(graphed, world_size=1)["zero_optimization"]["overlap_comm"] is False
+    assert build_deepspeed_config(graphed, world_size=2)["zero_optimization"]["overlap_comm"] is True
     assert deep_merge({"a": {"b": 1}}, {"a": {"c": 2}}) == {"a": {"b": 1, "c": 2}}
 
 

@@ -48,9 +48,9 @@ def _check_not_owned(section: dict) -> None:
 def build_deepspeed_config(cfg: ExperimentConfig, world_size: int) -> dict[str, Any]:
     """ZeRO-2 with contiguous, bucketed gradient reduction; bf16; linear warm-up then constant LR.
 
-    overlap_comm is on at every world size: measured on one H200, it is faster with a single
-    rank too (DiG-XL/2 at 256 px, compiled, no CUDA graphs: 140 ms/step with it, 178 ms without;
-    bench/results/train_step_nvidia_h200.md).
+    overlap_comm is on with several ranks, and with one rank only without CUDA graphs. Measured
+    on one H200 (DiG-XL/2, 256 px, compiled; bench/results/train_step_nvidia_h200.md): without
+    graphs it is faster with one rank too (140 ms/step vs 178), with graphs it is slower (110 vs 90).
     DeepSpeed's per-parameter overflow check and gradient norm are off: the trainer does both
     in one fused pass (update_guard.py), and clipping (optim.grad_clip) happens there too."""
     _check_not_owned(cfg.deepspeed)
@@ -61,7 +61,7 @@ def build_deepspeed_config(cfg: ExperimentConfig, world_size: int) -> dict[str, 
         "gradient_clipping": 0.0,
         "zero_optimization": {
             "stage": 2,
-            "overlap_comm": True,
+            "overlap_comm": world_size > 1 or not cfg.train.cuda_graphs,
             "contiguous_gradients": True,
             "reduce_scatter": True,
             "reduce_bucket_size": 5e8,
