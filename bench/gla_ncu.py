@@ -25,6 +25,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gla import copy_bandwidth  # noqa: E402
+
 from kernels.gla import ScanOrder, scan_gla  # noqa: E402
 
 # name -> (model, heads, B, T, grid side)
@@ -115,13 +118,6 @@ def table(case: str, rows: list[dict], bandwidth: float) -> list[str]:
     lines.append(f"| | **all** | | | **{total_ns / 1e3:.1f}** | {total_bytes / 1e6:.1f} | {total_bytes / total_ns:.0f} "
                  f"| {100 * total_bytes / total_ns * 1e9 / bandwidth:.0f} | | | |")
     return lines
-
-
-def copy_bandwidth() -> float:
-    from triton.testing import do_bench
-    x = torch.randn(2**28, device="cuda")
-    y = torch.empty_like(x)
-    return 2 * x.nbytes / (do_bench(lambda: y.copy_(x), warmup=25, rep=200, return_mode="median") * 1e-3)
 
 
 def main() -> None:
