@@ -4,17 +4,19 @@
 #     bash bench/gpu_env/run_all.sh OUT_DIR [PART ...]        # default: every part, in this order
 # Parts, each sized for one 10-minute call on an H200, run one after the other (never two at once:
 # a second benchmark on the same host shifts the first one's numbers):
-#   scaling  the trainer on 1 and on 2 GPUs (ZeRO-2 scaling; skipped with one GPU)
-#   trainer  the real trainer (DiG and DiT compiled) and its phase profile, on GPU 0
-#   step     the bare model step, DiG vs DiT compiled: XL/2 at 256 px with a kernel breakdown, S/2 at
-#            256 and 1792 px, XL/2 at 2048 px
-#   gla      the Triton GLA GPU tests, bench/gla.py (ours vs fla vs SDPA) and bench/gla_ncu.py
+#   scaling      the graphed trainer on 1 and on 2 GPUs (ZeRO-2 scaling; skipped with one GPU)
+#   trainer      the real trainer on GPU 0: DiG graphed (with and without overlap_comm), DiT graphed,
+#                DiG compiled without graphs, and the graphed DiG trainer's phase profile
+#   step         the bare model step at DiG-XL/2 256 px with a kernel breakdown: DiG and DiT graphed
+#                and compiled, and the reference DiG on flash-linear-attention
+#   resolutions  the bare step graphed, DiG vs DiT: S/2 at 256 and 1792 px, XL/2 at 2048 px
+#   gla          the Triton GLA GPU tests, bench/gla.py (ours vs fla vs SDPA) and bench/gla_ncu.py
 # Results land in OUT_DIR (results.jsonl, logs, the GLA tables); nothing else is written outside a
 # temp dir.
 set -u
-out=${1:?usage: run_all.sh OUT_DIR [scaling|trainer|step|gla ...]}
+out=${1:?usage: run_all.sh OUT_DIR [scaling|trainer|step|resolutions|gla ...]}
 shift
-parts=${*:-scaling trainer step gla}
+parts=${*:-scaling trainer step resolutions gla}
 . bench/gpu_env/install.sh || exit 1
 export PYTHONUNBUFFERED=1
 mkdir -p "$out/step"
@@ -34,11 +36,12 @@ for part in $parts; do
         CUDA_VISIBLE_DEVICES=0 step --scratch "$scratch/one" --sections trainer --trainer-runs dig_xl2_graphed ;;
     trainer)
         CUDA_VISIBLE_DEVICES=0 step --scratch "$scratch/one" --sections ceilings,trainer \
-            --trainer-runs loader,dig_xl2_graphed,dit_xl2_graphed,dig_xl2_compiled,profile_graphed ;;
+            --trainer-runs loader,dig_xl2_graphed,dig_xl2_graphed_overlap,dit_xl2_graphed,dig_xl2_compiled,profile_graphed ;;
     step)
+        CUDA_VISIBLE_DEVICES=0 step --scratch "$scratch/bare" --sections bare --breakdown --res 256 \
+            --contenders dig-graphed,dit-graphed,dig-compiled,dit-compiled,ref-eager ;;
+    resolutions)
         export CUDA_VISIBLE_DEVICES=0
-        step --scratch "$scratch/bare" --sections bare --breakdown --res 256 \
-            --contenders dig-graphed,dit-graphed,dig-compiled,dit-compiled
         step --scratch "$scratch/bare" --sections bare --models S --res 256,1792 --contenders dig-graphed,dit-graphed
         step --scratch "$scratch/bare" --sections bare --res 2048 --contenders dig-graphed,dit-graphed
         unset CUDA_VISIBLE_DEVICES ;;
@@ -48,7 +51,7 @@ for part in $parts; do
         python3 bench/gla.py --out "$out/gla" 2>&1 | tail -n 40
         python3 bench/gla_ncu.py --out "$out/gla" 2>&1
         unset CUDA_VISIBLE_DEVICES ;;
-    *) echo "unknown part $part (scaling, trainer, step, gla)" >&2; exit 2 ;;
+    *) echo "unknown part $part (scaling, trainer, step, resolutions, gla)" >&2; exit 2 ;;
     esac
 done
 [ -f "$out/step/results.jsonl" ] && grep -h '^{' "$out/step/results.jsonl" | cut -c1-600
