@@ -440,6 +440,7 @@ def profile_trainer_child(config: str, overrides: list[str], steps: int) -> None
     entry = {"section": "trainer_profile", "cuda_graphs": trainer.cfg.train.cuda_graphs,
              "phases_ms": {k: float(np.median(v)) for k, v in phases.items()}}
     entry.update(profile_kernels(lambda: trainer.train_step([batch])))
+    entry["breakdown"] = top_ops(lambda: trainer.train_step([batch]), count=25)
     record(entry)
 
 
@@ -632,23 +633,20 @@ def main() -> int:
                 f"dig_xl2_graphed_{args.gpus}gpu": ("DiG-XL/2", "train.compile=true", "train.cuda_graphs=true")}
         if "loader" in args.trainer_runs:
             bench_loader(data, batch, workers=8 if DEVICE == "cuda" else 0)
-        for name in args.trainer_runs.split(","):
-            if name not in runs:
-                continue
-            model, *extra = runs[name]
-            gpus = args.gpus if name.endswith("gpu") else 1
-            bench_trainer(scratch, data, name, "dig_xl2_in1k256.yaml", model, batch, steps, peak, *tiny,
-                          *extra, *(["train.compile=false", no_graphs] if SMOKE else []), gpus=gpus)
-        for name in ("profile", "profile_graphed"):
-            if name not in args.trainer_runs.split(","):
-                continue
-            graphs = name.endswith("graphed") and not SMOKE
-            overrides = trainer_overrides(scratch, name, data, batch, 10, *tiny,
-                                          f"train.compile={'false' if SMOKE else 'true'}",
-                                          f"train.cuda_graphs={'true' if graphs else 'false'}")
-            subprocess.run([sys.executable, __file__, "--out", str(args.out), *(["--smoke"] if SMOKE else []),
-                            "--profile-child", "dig_xl2_in1k256.yaml", "10" if DEVICE == "cuda" else "2", *overrides],
-                           cwd=ROOT)
+        for name in args.trainer_runs.split(","):  # in the order given: what matters most runs first
+            if name in runs:
+                model, *extra = runs[name]
+                gpus = args.gpus if name.endswith("gpu") else 1
+                bench_trainer(scratch, data, name, "dig_xl2_in1k256.yaml", model, batch, steps, peak, *tiny,
+                              *extra, *(["train.compile=false", no_graphs] if SMOKE else []), gpus=gpus)
+            elif name in ("profile", "profile_graphed"):
+                graphs = name.endswith("graphed") and not SMOKE
+                overrides = trainer_overrides(scratch, name, data, batch, 10, *tiny,
+                                              f"train.compile={'false' if SMOKE else 'true'}",
+                                              f"train.cuda_graphs={'true' if graphs else 'false'}")
+                subprocess.run([sys.executable, __file__, "--out", str(args.out), *(["--smoke"] if SMOKE else []),
+                                "--profile-child", "dig_xl2_in1k256.yaml", "10" if DEVICE == "cuda" else "2",
+                                *overrides], cwd=ROOT)
     return 0
 
 

@@ -5,8 +5,8 @@
 # Parts, each sized for one 10-minute call on an H200, run one after the other (never two at once:
 # a second benchmark on the same host shifts the first one's numbers):
 #   scaling      the graphed trainer on 1 and on 2 GPUs (ZeRO-2 scaling; skipped with one GPU)
-#   trainer      the real trainer on GPU 0: DiG graphed (with and without overlap_comm), DiT graphed,
-#                DiG compiled without graphs, and the graphed DiG trainer's phase profile
+#   trainer      the real trainer on GPU 0: the graphed DiG trainer's phase profile, DiG graphed (with and
+#                without overlap_comm), DiT graphed, and DiG compiled without graphs
 #   step         the bare model step at DiG-XL/2 256 px with a kernel breakdown: DiG and DiT graphed
 #                and compiled, and the reference DiG on flash-linear-attention
 #   resolutions  the bare step graphed, DiG vs DiT: S/2 at 256 and 1792 px, XL/2 at 2048 px
@@ -36,7 +36,7 @@ for part in $parts; do
         CUDA_VISIBLE_DEVICES=0 step --scratch "$scratch/one" --sections trainer --trainer-runs dig_xl2_graphed ;;
     trainer)
         CUDA_VISIBLE_DEVICES=0 step --scratch "$scratch/one" --sections ceilings,trainer \
-            --trainer-runs loader,dig_xl2_graphed,dig_xl2_graphed_overlap,dit_xl2_graphed,dig_xl2_compiled,profile_graphed ;;
+            --trainer-runs loader,profile_graphed,dig_xl2_graphed,dit_xl2_graphed,dig_xl2_graphed_overlap,dig_xl2_compiled ;;
     step)
         CUDA_VISIBLE_DEVICES=0 step --scratch "$scratch/bare" --sections bare --breakdown --res 256 \
             --contenders dig-graphed,dit-graphed,dig-compiled,dit-compiled,ref-eager ;;
