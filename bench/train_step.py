@@ -34,6 +34,8 @@ import argparse
 import datetime
 import gc
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -399,7 +401,9 @@ def bench_trainer(scratch: Path, data: Path, name: str, config: str, size: str, 
         last = json.loads(metrics_file.read_text().splitlines()[-1])
         contender = "dit" if size.startswith("DiT") else "dig"
         img_s = last["images_per_s"] / gpus  # per GPU
+        first = re.search(r"first step took ([0-9.]+) s", result.stdout + result.stderr)
         entry.update(img_per_s=img_s, ms=1e3 * batch / img_s, peak_gb=last["peak_mem_gb"], loss=last["loss"],
+                     first_step_s=float(first.group(1)) if first else None,
                      first_window_img_per_s=json.loads(metrics_file.read_text().splitlines()[0])["images_per_s"],
                      data_wait=last["data_wait"],
                      mfu=flops_per_image(size.split("-")[1].split("/")[0], 256, contender) * img_s / peak)
@@ -439,9 +443,45 @@ def profile_trainer_child(config: str, overrides: list[str], steps: int) -> None
             phases[key].append(1e3 * (b - a))
     entry = {"section": "trainer_profile", "cuda_graphs": trainer.cfg.train.cuda_graphs,
              "phases_ms": {k: float(np.median(v)) for k, v in phases.items()}}
+    entry.update(steady_state(lambda: trainer.train_step([batch]), steps))
     entry.update(profile_kernels(lambda: trainer.train_step([batch])))
     entry["breakdown"] = top_ops(lambda: trainer.train_step([batch]), count=25)
+    trace_step(lambda: trainer.train_step([batch]), RESULTS.parent / "trainer_trace.json.gz")
     record(entry)
+
+
+def steady_state(step, steps: int) -> dict:
+    """Back-to-back steps with no sync between them, as the training loop runs them: the step time
+    (wall / steps, one sync at the end) and the host's time inside each call. A host time near the
+    step time means the host is the limit (or waits on the device inside the step); far below it,
+    the host runs ahead and the GPU is the limit."""
+    sync()
+    host = []
+    start = time.perf_counter()
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        host.append(time.perf_counter() - t0)
+    sync()
+    return {"step_ms": 1e3 * (time.perf_counter() - start) / steps, "host_ms": 1e3 * float(np.median(host))}
+
+
+def trace_step(step, path: Path) -> None:
+    """A Chrome trace of one step with Python stacks (what the host does while the GPU waits),
+    gzipped for the results folder."""
+    import gzip
+
+    from torch.profiler import ProfilerActivity, profile
+
+    sync()
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU], with_stack=True) as prof:
+        step()
+        sync()
+    raw = path.with_suffix("")
+    prof.export_chrome_trace(str(raw))
+    with raw.open("rb") as src, gzip.open(path, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    raw.unlink()
 
 
 def _fmt(value, digits: int = 1) -> str:
@@ -617,6 +657,10 @@ def main() -> int:
         if not (data / "index.json").is_file():  # a --scratch reused across calls keeps its data
             write_synthetic_latents(data, 4096 if DEVICE == "cuda" else 64, 32)
         steps, batch = (args.trainer_steps, 32) if DEVICE == "cuda" else (3, 2)
+        # One compile cache for every run of the call (the trainer keeps its own when these are unset):
+        # a model's first run starts cold, its later runs start as a restarted job does (first_step_s).
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(scratch / "compile_cache" / "inductor"))
+        os.environ.setdefault("TRITON_CACHE_DIR", str(scratch / "compile_cache" / "triton"))
         # (compiling on a CPU takes many minutes: the smoke check runs the trainer eager)
         tiny = ["model.arch={depth: 2, hidden_size: 64, num_heads: 2}", "model.gla_backend=torch",
                 "train.precision=fp32", "data.num_workers=0"] if SMOKE else []
@@ -626,6 +670,9 @@ def main() -> int:
                 # overlap_comm is off by default at one rank with graphs (deepspeed_config.py): the other side
                 "dig_xl2_graphed_overlap": ("DiG-XL/2", "train.compile=true", "train.cuda_graphs=true",
                                             "deepspeed.zero_optimization.overlap_comm=true"),
+                # ZeRO-2 copies each gradient into its bucket as it is produced (a copy per parameter)
+                "dig_xl2_graphed_nocontig": ("DiG-XL/2", "train.compile=true", "train.cuda_graphs=true",
+                                             "deepspeed.zero_optimization.contiguous_gradients=false"),
                 "dig_xl2_eager": ("DiG-XL/2", "train.compile=false", no_graphs),
                 "dit_xl2_graphed": ("DiT-XL/2", "train.compile=true", "train.cuda_graphs=true", "model.name=DiT-XL/2"),
                 "dit_xl2_compiled": ("DiT-XL/2", "train.compile=true", no_graphs, "model.name=DiT-XL/2",
