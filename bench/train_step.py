@@ -401,9 +401,12 @@ def bench_trainer(scratch: Path, data: Path, name: str, config: str, size: str, 
         last = json.loads(metrics_file.read_text().splitlines()[-1])
         contender = "dit" if size.startswith("DiT") else "dig"
         img_s = last["images_per_s"] / gpus  # per GPU
-        first = re.search(r"first step took ([0-9.]+) s", result.stdout + result.stderr)
+        log = result.stdout + result.stderr
+        first = re.search(r"first step took ([0-9.]+) s", log)
+        startup = re.search(r"start-up took [^\n]*", log)
         entry.update(img_per_s=img_s, ms=1e3 * batch / img_s, peak_gb=last["peak_mem_gb"], loss=last["loss"],
                      first_step_s=float(first.group(1)) if first else None,
+                     startup=startup.group(0) if startup else None,
                      first_window_img_per_s=json.loads(metrics_file.read_text().splitlines()[0])["images_per_s"],
                      data_wait=last["data_wait"],
                      mfu=flops_per_image(size.split("-")[1].split("/")[0], 256, contender) * img_s / peak)
@@ -563,6 +566,8 @@ def write_report(results: list[Path], out: Path) -> Path:
                          + ("; kernel time of one profiled step by class " + ", ".join(
                              f"{k} {v:.1f}" for k, v in e["breakdown"]["kernel_ms_by_class"].items())
                             if "breakdown" in e else "") + ".")
+        if e["section"] == "trainer" and e.get("startup"):
+            lines.append(f"- {e['run']}: {e['name']}: {e['startup']}.")
         if e["section"] == "loader":
             lines.append(f"- {e['run']}: the loader alone delivers {e['samples_per_s']:.0f} samples/s per rank "
                          f"(batch {e['batch']}, {e['workers']} workers, local MDS shards).")

@@ -39,6 +39,23 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return int.from_bytes(hashlib.blake2b(f"{seed}/{step}/{rank}".encode(), digest_size=8).digest(), "little") >> 1
 
 
+class PhaseClock:
+    """Seconds per start-up phase, for one log line: where a (re)start's minute goes."""
+
+    def __init__(self):
+        self.start = self.last = time.perf_counter()
+        self.phases: list[tuple[str, float]] = []
+
+    def __call__(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.phases.append((phase, now - self.last))
+        self.last = now
+
+    def summary(self) -> str:
+        return (f"start-up took {self.last - self.start:.1f} s ("
+                + ", ".join(f"{phase} {seconds:.1f}" for phase, seconds in self.phases) + ")")
+
+
 @dataclass
 class StepResult:
     """Device tensors (0-d, fp32): reading them on the host would wait for the GPU."""
@@ -51,6 +68,7 @@ class Trainer:
     def __init__(self, cfg: ExperimentConfig, preemption: PreemptionHandler):
         """`preemption`: entered before this (start-up can take minutes), so that a signal during
         start-up is recorded and acted on before the first step (`run`)."""
+        clock = PhaseClock()
         import deepspeed  # heavy; imported once the config is known to be valid
 
         self.cfg, self.preemption = cfg, preemption
@@ -63,6 +81,7 @@ class Trainer:
         self.checkpoints = CheckpointManager(self.run_dir.checkpoints, self.place, cfg.checkpoint, config_to_dict(cfg),
                                              self.data.identity)
         resume = self.checkpoints.find_resume(cfg.checkpoint.resume)
+        clock("imports, process group, data and run directory")
         # Another run's config was compared (and accepted) by find_resume; this run's record starts here.
         resumed_config = resume.state if resume and not resume.other_run else None
         notes += on_main_rank(lambda: self.run_dir.record_config(cfg, resumed_config))
@@ -70,6 +89,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         model = model_from_config(cfg.model)
         apply_activation_checkpointing(model.blocks, cfg.model.activation_checkpointing)
+        clock("model")
         ds_config = self.checkpoints.engine_config(build_deepspeed_config(cfg, self.place.world_size), resume)
         trainable = [p for p in model.parameters() if p.requires_grad]
         o = cfg.optim
@@ -77,6 +97,7 @@ class Trainer:
                                       fused=True)  # the update guard needs the fused kernel (on CPU too)
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, model_parameters=trainable,
                                                     config=ds_config)
+        clock("DeepSpeed")
         # Copied before compile_blocks: sampling the EMA (eval, no grad) compiles no extra graphs.
         self.ema = EMA(self.engine.module, cfg.train.ema_decay)  # starts at the initial (bf16) weights
         if cfg.train.compile:
@@ -87,6 +108,7 @@ class Trainer:
         self.accumulation = ds_config["gradient_accumulation_steps"]
         self.diffusion = create_diffusion(cfg.diffusion.num_timesteps, cfg.model.learn_sigma)
 
+        clock("EMA and compile set-up")
         self.loader = build_loader(cfg, self.place, self.device, self.data.path)
         self.step, self.skipped = 0, 0
         # Skips are counted on the device and read at log and save steps (no per-step host sync).
@@ -95,6 +117,7 @@ class Trainer:
         self.checkpoints.track(self.engine, self.ema, train=self, loader=self.loader)
         if resume:
             self.checkpoints.load(resume)
+        clock("loader" + (" and checkpoint" if resume else ""))
 
         self.logger = MetricsLogger(self.run_dir.root, self.place.is_main, cfg.train.max_steps, cfg.logging.wandb,
                                     cfg.logging.wandb_project, cfg.logging.wandb_entity, cfg.run_name,
@@ -110,6 +133,8 @@ class Trainer:
         self.tokens_per_image = self.engine.module.grid[0] * self.engine.module.grid[1]
         self.peak = peak_flops(self.device)
         self.samples = SampleGridWriter(cfg, self.metadata, self.device) if self.place.is_main else None
+        clock("logger and sample decoder")
+        self.logger.info(clock.summary())
 
     def state_dict(self) -> dict[str, int]:
         """The trainer's counters, saved in every checkpoint (the data loader's position is its own)."""
