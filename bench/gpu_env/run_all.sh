@@ -11,12 +11,14 @@
 #                and compiled, and the reference DiG on flash-linear-attention
 #   resolutions  the bare step graphed, DiG vs DiT: S/2 at 256 and 1792 px, XL/2 at 2048 px
 #   gla          the Triton GLA GPU tests, bench/gla.py (ours vs fla vs SDPA) and bench/gla_ncu.py
+#   memory       the largest DiG-XL/2 and DiT-XL/2 micro-batch at 256 px and resolution at batch 1,
+#                with and without activation checkpointing
 # Results land in OUT_DIR (results.jsonl, logs, the GLA tables); nothing else is written outside a
 # temp dir.
 set -u
-out=${1:?usage: run_all.sh OUT_DIR [scaling|trainer|step|resolutions|gla ...]}
+out=${1:?usage: run_all.sh OUT_DIR [scaling|trainer|step|resolutions|gla|memory ...]}
 shift
-parts=${*:-scaling trainer step resolutions gla}
+parts=${*:-scaling trainer step resolutions gla memory}
 . bench/gpu_env/install.sh || exit 1
 export PYTHONUNBUFFERED=1
 mkdir -p "$out/step"
@@ -51,7 +53,9 @@ for part in $parts; do
         python3 bench/gla.py --out "$out/gla" 2>&1 | tail -n 40
         python3 bench/gla_ncu.py --out "$out/gla" 2>&1
         unset CUDA_VISIBLE_DEVICES ;;
-    *) echo "unknown part $part (scaling, trainer, step, resolutions, gla)" >&2; exit 2 ;;
+    memory)
+        CUDA_VISIBLE_DEVICES=0 step --sections memory --models XL ;;
+    *) echo "unknown part $part (scaling, trainer, step, resolutions, gla, memory)" >&2; exit 2 ;;
     esac
 done
 [ -f "$out/step/results.jsonl" ] && grep -h '^{' "$out/step/results.jsonl" | cut -c1-600
