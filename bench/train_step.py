@@ -51,6 +51,7 @@ sys.path.insert(0, str(ROOT))
 
 from dig_scale.diffusion import create_diffusion  # noqa: E402
 from dig_scale.models import create_model  # noqa: E402
+from dig_scale.train.activation_checkpointing import apply_activation_checkpointing  # noqa: E402
 from dig_scale.train.compile import compile_blocks, mark_step  # noqa: E402
 
 SIZES = {"XL": {256: 32, 512: 16, 1024: 4, 2048: 1}, "S": {256: 64, 512: 32, 1024: 8, 1792: 2, 2048: 1}}
@@ -284,8 +285,8 @@ def peak_memory(family: str, size: str, res: int, batch: int, policy: str) -> fl
     """Peak GB of one eager bare training step (autocast bf16, fused AdamW), None when it does not fit."""
     model = optimizer = None
     try:
-        model = create_model(f"{family}-{size}/2", input_size=res // 8, activation_checkpointing=policy,
-                             **SMOKE).to(DEVICE)
+        model = create_model(f"{family}-{size}/2", input_size=res // 8, **SMOKE).to(DEVICE)
+        apply_activation_checkpointing(model.blocks, policy)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], fused=True)
         diffusion = create_diffusion(1000, True)
         x = torch.randn(batch, 4, res // 8, res // 8, device=DEVICE)
