@@ -692,7 +692,15 @@ def main() -> int:
                 "dit_xl2_graphed": ("DiT-XL/2", "train.compile=true", "train.cuda_graphs=true", "model.name=DiT-XL/2"),
                 "dit_xl2_compiled": ("DiT-XL/2", "train.compile=true", no_graphs, "model.name=DiT-XL/2",
                                      *(["model.gla_backend=auto"] if SMOKE else [])),
-                f"dig_xl2_graphed_{args.gpus}gpu": ("DiG-XL/2", "train.compile=true", "train.cuda_graphs=true")}
+                f"dig_xl2_graphed_{args.gpus}gpu": ("DiG-XL/2", "train.compile=true", "train.cuda_graphs=true"),
+                # contiguous_gradients and overlap_comm are on with several ranks (deepspeed_config.py):
+                # the other sides
+                f"dig_xl2_graphed_nocontig_{args.gpus}gpu": (
+                    "DiG-XL/2", "train.compile=true", "train.cuda_graphs=true",
+                    "deepspeed.zero_optimization.contiguous_gradients=false"),
+                f"dig_xl2_graphed_nooverlap_{args.gpus}gpu": (
+                    "DiG-XL/2", "train.compile=true", "train.cuda_graphs=true",
+                    "deepspeed.zero_optimization.overlap_comm=false")}
         if "loader" in args.trainer_runs:
             bench_loader(data, batch, workers=8 if DEVICE == "cuda" else 0)
         for name in args.trainer_runs.split(","):  # in the order given: what matters most runs first
