@@ -45,8 +45,12 @@ def test_deepspeed_section_is_merged_over_the_generated_config():
     graphed = config_from_dict({"data": {"path": "/d"}, "train": {"compile": True, "cuda_graphs": True}})
     assert build_deepspeed_config(graphed, world_size=1)["zero_optimization"]["overlap_comm"] is False
     assert build_deepspeed_config(graphed, world_size=2)["zero_optimization"]["overlap_comm"] is True
-    # One rank reduces nothing: no copy of every gradient into a bucket.
-    assert build_deepspeed_config(graphed, world_size=1)["zero_optimization"]["contiguous_gradients"] is False
+    # One rank with one micro-batch per step reduces nothing: no copy of every gradient into a
+    # bucket. Micro-batches that accumulate keep it (their gradients leave graph memory at once).
+    for global_batch, contiguous in ((32, False), (64, True)):
+        batches = config_from_dict({"data": {"path": "/d"}, "train": {
+            "compile": True, "cuda_graphs": True, "global_batch_size": global_batch, "micro_batch_size": 32}})
+        assert build_deepspeed_config(batches, world_size=1)["zero_optimization"]["contiguous_gradients"] is contiguous
     assert deep_merge({"a": {"b": 1}}, {"a": {"c": 2}}) == {"a": {"b": 1, "c": 2}}
 
 

@@ -51,22 +51,26 @@ def build_deepspeed_config(cfg: ExperimentConfig, world_size: int) -> dict[str, 
     Per world size, measured on one H200 (DiG-XL/2, 256 px, compiled; bench/results/train_step_nvidia_h200.md):
     - overlap_comm is on with several ranks, and with one rank only without CUDA graphs: without
       graphs it is faster with one rank too (140 ms/step vs 178), with graphs slower (111 vs 93).
-    - contiguous_gradients is on with several ranks only. It copies every gradient into a bucket as
-      it is produced, one copy and ~15 lines of Python per parameter, to reduce whole buckets; a
-      single rank reduces nothing and, with CUDA graphs, spends its step on that host work
-      (84 ms/step without it vs 93, and 1.3 GB less memory).
+    - contiguous_gradients is off for one rank with one micro-batch per step. It copies every
+      gradient into a bucket as it is produced, one copy and ~15 lines of Python per parameter, to
+      reduce whole buckets; a single rank reduces nothing and, with CUDA graphs, spends its step
+      on that host work (84 ms/step without it vs 93, and 1.3 GB less memory). With several
+      micro-batches it stays on: without the copy, DeepSpeed accumulates into the gradient tensors
+      autograd produced, which with CUDA graphs live in graph memory that the next micro-batch's
+      replay reuses.
     DeepSpeed's per-parameter overflow check and gradient norm are off: the trainer does both
     in one fused pass (update_guard.py), and clipping (optim.grad_clip) happens there too."""
     _check_not_owned(cfg.deepspeed)
+    accumulation = gradient_accumulation_steps(cfg, world_size)
     generated: dict[str, Any] = {
         "train_batch_size": cfg.train.global_batch_size,
         "train_micro_batch_size_per_gpu": cfg.train.micro_batch_size,
-        "gradient_accumulation_steps": gradient_accumulation_steps(cfg, world_size),
+        "gradient_accumulation_steps": accumulation,
         "gradient_clipping": 0.0,
         "zero_optimization": {
             "stage": 2,
             "overlap_comm": world_size > 1 or not cfg.train.cuda_graphs,
-            "contiguous_gradients": world_size > 1,
+            "contiguous_gradients": world_size > 1 or accumulation > 1,
             "reduce_scatter": True,
             "reduce_bucket_size": 5e8,
             "allgather_bucket_size": 5e8,
