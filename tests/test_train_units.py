@@ -14,6 +14,7 @@ from dig_scale.config import ConfigError, config_from_dict
 from dig_scale.train.deepspeed_config import build_deepspeed_config, deep_merge, gradient_accumulation_steps
 from dig_scale.train.ema import EMA
 from dig_scale.train.metrics import drop_rows_after, format_line
+from dig_scale.train.preemption import DUPLICATE_WINDOW_S
 from dig_scale.train.run_dir import config_differences
 from dig_scale.train.trainer import step_seed
 
@@ -104,7 +105,7 @@ def test_step_randomness_depends_only_on_seed_step_and_rank():
     assert correlation.abs().max() < 0.1  # other steps, ranks and seeds draw unrelated noise (|r| ~ 0.016)
 
 
-def test_second_signal_exits_at_once():
+def test_second_signal_exits_at_once_unless_it_repeats_the_first():
     program = textwrap.dedent("""
         import sys, time
         from dig_scale.train.preemption import PreemptionHandler
@@ -119,9 +120,15 @@ def test_second_signal_exits_at_once():
     """)
     process = subprocess.Popen([sys.executable, "-c", program], stdout=subprocess.PIPE, text=True)
     assert process.stdout.readline().strip() == "ready"
+    start = time.monotonic()
     process.send_signal(signal.SIGUSR1)
     assert process.stdout.readline().strip() == "first"
-    time.sleep(0.1)
+    # A launcher forwarding the signal its process also got directly: the same request, twice.
+    process.send_signal(signal.SIGUSR1)
+    with pytest.raises(subprocess.TimeoutExpired):
+        process.wait(timeout=0.3)
+    assert time.monotonic() - start < DUPLICATE_WINDOW_S, "the duplicate came too late to test the window"
+    time.sleep(DUPLICATE_WINDOW_S)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=10) == 128 + signal.SIGTERM
 

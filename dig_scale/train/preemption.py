@@ -1,6 +1,9 @@
 """SIGUSR1 / SIGTERM: finish the step, checkpoint, exit with REQUEUE_EXIT_CODE. A second signal
-exits at once. Slurm (`--signal=USR1@120`, `scancel`) and Kubernetes (SIGTERM before the grace
-period ends) both use this path; launchers requeue on REQUEUE_EXIT_CODE.
+exits at once, unless it comes within DUPLICATE_WINDOW_S of the first: a launcher that forwards a
+signal it got itself (torchrun, srun) to a process the same signal reached directly (`kill -- -PGID`,
+`scancel`) delivers one request twice, milliseconds apart. Slurm (`--signal=USR1@120`, `scancel`)
+and Kubernetes (SIGTERM before the grace period ends) both use this path; launchers requeue on
+REQUEUE_EXIT_CODE.
 
 `python -m dig_scale.train` enters the handler before it loads the config and builds the trainer: a
 signal during start-up is only recorded, and the trainer exits with REQUEUE_EXIT_CODE before its
@@ -18,6 +21,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 import torch
 import torch.distributed as dist
@@ -26,6 +30,7 @@ from .distributed import any_rank
 
 REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL: "temporary failure, try again"
 SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+DUPLICATE_WINDOW_S = 1.0  # a person's "stop now" comes after reading the first signal's message
 
 
 def ignore_job_signals(worker_id: int) -> None:
@@ -56,6 +61,7 @@ class PreemptionHandler:
 
     def __init__(self) -> None:
         self.received: int | None = None
+        self._received_at = 0.0
         self._previous: dict[int, object] = {}
         self._group: dist.ProcessGroup | None = None
 
@@ -70,12 +76,16 @@ class PreemptionHandler:
         self._previous.clear()
 
     def _handle(self, signum: int, frame) -> None:
+        name = signal.Signals(signum).name
         if self.received is not None:
-            print(f"second signal ({signal.Signals(signum).name}): exiting without a checkpoint",
-                  file=sys.stderr, flush=True)
+            if time.monotonic() - self._received_at < DUPLICATE_WINDOW_S:
+                print(f"{name} again within {DUPLICATE_WINDOW_S:.0f} s: the same request (forwarded by a launcher), "
+                      "still checkpointing", file=sys.stderr, flush=True)
+                return
+            print(f"second signal ({name}): exiting without a checkpoint", file=sys.stderr, flush=True)
             os._exit(128 + signum)
-        self.received = signum
-        print(f"received {signal.Signals(signum).name}: checkpointing after this step (or, before the first "
+        self.received, self._received_at = signum, time.monotonic()
+        print(f"received {name}: checkpointing after this step (or, before the first "
               f"step, stopping without a checkpoint), then exiting with {REQUEUE_EXIT_CODE}", file=sys.stderr,
               flush=True)
 
