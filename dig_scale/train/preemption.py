@@ -1,9 +1,9 @@
 """SIGUSR1 / SIGTERM: finish the step, checkpoint, exit with REQUEUE_EXIT_CODE. A second signal
 exits at once, unless it comes within DUPLICATE_WINDOW_S of the first: a launcher that forwards a
-signal it got itself (torchrun, srun) to a process the same signal reached directly (`kill -- -PGID`,
-`scancel`) delivers one request twice, milliseconds apart. Slurm (`--signal=USR1@120`, `scancel`)
-and Kubernetes (SIGTERM before the grace period ends) both use this path; launchers requeue on
-REQUEUE_EXIT_CODE.
+signal it got itself (torchrun under srun) to a process the same signal reached directly (`scancel`
+signals every process of a job step) delivers one request twice, milliseconds apart.
+Slurm (`--signal=USR1@120`, `scancel`) and Kubernetes (SIGTERM before the grace period ends) both use
+this path; launchers requeue on REQUEUE_EXIT_CODE.
 
 `python -m dig_scale.train` enters the handler before it loads the config and builds the trainer: a
 signal during start-up is only recorded, and the trainer exits with REQUEUE_EXIT_CODE before its
