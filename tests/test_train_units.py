@@ -52,6 +52,12 @@ def test_deepspeed_section_is_merged_over_the_generated_config():
         batches = config_from_dict({"data": {"path": "/d"}, "train": {
             "compile": True, "cuda_graphs": True, "global_batch_size": global_batch, "micro_batch_size": 32}})
         assert build_deepspeed_config(batches, world_size=1)["zero_optimization"]["contiguous_gradients"] is contiguous
+    refused = config_from_dict({"data": {"path": "/d"},
+                                "deepspeed": {"zero_optimization": {"contiguous_gradients": False}},
+                                "train": {"compile": True, "cuda_graphs": True, "global_batch_size": 64,
+                                          "micro_batch_size": 32}})
+    with pytest.raises(ConfigError, match="contiguous_gradients=false: with train.cuda_graphs and 2 micro-batches"):
+        build_deepspeed_config(refused, world_size=1)
     assert deep_merge({"a": {"b": 1}}, {"a": {"c": 2}}) == {"a": {"b": 1, "c": 2}}
 
 

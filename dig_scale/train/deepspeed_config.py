@@ -46,7 +46,7 @@ def _check_not_owned(section: dict) -> None:
 
 
 def build_deepspeed_config(cfg: ExperimentConfig, world_size: int) -> dict[str, Any]:
-    """ZeRO-2 with contiguous, bucketed gradient reduction; bf16; linear warm-up then constant LR.
+    """ZeRO-2 with bucketed gradient reduction; bf16; linear warm-up then constant LR.
 
     Per world size, measured on one H200 (DiG-XL/2, 256 px, compiled; bench/results/train_step_nvidia_h200.md):
     - overlap_comm is on with several ranks, and with one rank only without CUDA graphs: without
@@ -87,4 +87,9 @@ def build_deepspeed_config(cfg: ExperimentConfig, world_size: int) -> dict[str, 
         generated["scheduler"] = {"type": "WarmupLR", "params": {
             "warmup_min_lr": 0.0, "warmup_max_lr": cfg.optim.lr,
             "warmup_num_steps": cfg.optim.warmup_steps, "warmup_type": "linear"}}
-    return deep_merge(generated, cfg.deepspeed)
+    merged = deep_merge(generated, cfg.deepspeed)
+    if cfg.train.cuda_graphs and accumulation > 1 and not merged["zero_optimization"]["contiguous_gradients"]:
+        raise ConfigError(f"deepspeed.zero_optimization.contiguous_gradients=false: with train.cuda_graphs and "
+                          f"{accumulation} micro-batches per step, gradients would wait in CUDA-graph memory that the "
+                          "next micro-batch overwrites; remove the setting or add train.cuda_graphs=false")
+    return merged
