@@ -53,6 +53,7 @@ from dig_scale.diffusion import create_diffusion  # noqa: E402
 from dig_scale.models import create_model  # noqa: E402
 from dig_scale.train.activation_checkpointing import apply_activation_checkpointing  # noqa: E402
 from dig_scale.train.compile import compile_blocks, mark_step  # noqa: E402
+from kernels.gla.triton_backend import KERNEL_NAMES  # noqa: E402
 
 SIZES = {"XL": {256: 32, 512: 16, 1024: 4, 2048: 1}, "S": {256: 64, 512: 32, 1024: 8, 1792: 2, 2048: 1}}
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -166,8 +167,7 @@ def flops_per_image(size: str, res: int, contender: str) -> int:
 
 # Kernel names -> what they do, first match wins (names as the profiler reports them on Hopper).
 KERNEL_CLASSES = (
-    ("gla", ("_summary_kernel", "_scan_kernel", "_output_kernel", "_grad_summary_kernel", "_grad_kernel",
-             "_exact_output_kernel", "_exact_grad_kernel")),
+    ("gla", KERNEL_NAMES),
     ("matmul", ("nvjet", "gemm", "xmma", "cutlass", "sm90_")),
     ("attention", ("flash", "fmha", "cudnn", "attention")),
     ("conv", ("conv", "depthwise")),

@@ -9,12 +9,17 @@ import os
 
 import torch
 
-from . import triton_backward, triton_forward
+from . import triton_backward, triton_exact, triton_forward, triton_scan
 from .op import GLABackend, register_backend
 from .scan_order import ScanOrder
 from .triton_tiles import CHUNK
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# Every kernel this backend launches, by the name profilers report (bench/ attributes GPU time with it).
+KERNEL_NAMES = tuple(kernel.fn.__name__ for kernel in (
+    triton_forward._summary_kernel, triton_scan._scan_kernel, triton_scan._short_scan_kernel,
+    triton_forward._output_kernel, triton_exact._exact_output_kernel, triton_backward._grad_summary_kernel,
+    triton_backward._grad_kernel, triton_exact._exact_grad_kernel))
 
 
 def order_arguments(order: ScanOrder, height: int, width: int) -> tuple[int, int, int]:
