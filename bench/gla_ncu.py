@@ -35,8 +35,8 @@ CASES = {"XL B=32 T=256 (256 px step)": ("DiG-XL/2", 18, 32, 256, 16),
          "XL B=16 T=4096": ("DiG-XL/2", 18, 16, 4096, 64),
          "S B=1 T=16384": ("DiG-S/2", 6, 1, 16384, 128)}
 DK, DV = 32, 64
-KERNELS = "_summary_kernel|_scan_kernel|_output_kernel|_grad_summary_kernel|_grad_kernel|_exact_output_kernel|" \
-          "_exact_grad_kernel"
+KERNELS = "_summary_kernel|_scan_kernel|_output_kernel|_grad_summary_kernel|_grad_qkg_kernel|_grad_v_kernel|" \
+          "_exact_output_kernel|_exact_grad_kernel"
 METRICS = ["gpu__time_duration.sum", "dram__bytes_read.sum", "dram__bytes_write.sum", "launch__grid_size",
            "launch__registers_per_thread", "sm__warps_active.avg.pct_of_peak_sustained_active",
            "sm__maximum_warps_per_active_cycle_pct", "l1tex__t_sectors_pipe_lsu_mem_local_op_ld.sum",

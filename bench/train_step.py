@@ -165,8 +165,8 @@ def flops_per_image(size: str, res: int, contender: str) -> int:
 
 # Kernel names -> what they do, first match wins (names as the profiler reports them on Hopper).
 KERNEL_CLASSES = (
-    ("gla", ("_summary_kernel", "_scan_kernel", "_output_kernel", "_grad_summary_kernel", "_grad_kernel",
-             "_exact_output_kernel", "_exact_grad_kernel")),
+    ("gla", ("_summary_kernel", "_scan_kernel", "_output_kernel", "_grad_summary_kernel", "_grad_qkg_kernel",
+             "_grad_v_kernel", "_exact_output_kernel", "_exact_grad_kernel")),
     ("matmul", ("nvjet", "gemm", "xmma", "cutlass", "sm90_")),
     ("attention", ("flash", "fmha", "cudnn", "attention")),
     ("conv", ("conv", "depthwise")),
