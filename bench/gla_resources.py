@@ -60,7 +60,8 @@ def _variants() -> list[tuple[str, triton.JITFunction, dict, dict, dict]]:
                 ("forward output", triton_forward._output_kernel, with_norm, triton_forward.OUTPUT_LAUNCH),
                 ("backward summary", triton_backward._grad_summary_kernel, {"NORM": raw},
                  triton_backward.GRAD_SUMMARY_LAUNCH),
-                ("backward gradients", triton_backward._grad_kernel, {}, triton_backward.GRAD_LAUNCH),
+                ("backward dq dk dg", triton_backward._grad_qkg_kernel, {}, triton_backward.GRAD_QKG_LAUNCH),
+                ("backward dv", triton_backward._grad_v_kernel, {}, triton_backward.GRAD_V_LAUNCH),
                 ("exact forward", triton_exact._exact_output_kernel, with_norm, triton_exact.EXACT_LAUNCH),
                 ("exact backward", triton_exact._exact_grad_kernel, {}, triton_exact.EXACT_LAUNCH)):
             constexprs = {**common, **extra, **{a: None for a in absent if a in kernel.arg_names}}

@@ -13,8 +13,12 @@ and sum_V Delta * dS = sum_s k_s * (v_s dS^T) e^{b_last - b_s}, which the chunk 
 1. _grad_summary_kernel, a program per chunk: with the fused norm its backward (dL/do from
    dL/dout, the output gate's gradient, the norm weight's share); D and b_last.
 2. triton_scan, from the last chunk: dS for every chunk.
-3. _grad_kernel, a program per chunk: dq, dk, dv, dg; chunks past the fast intra-chunk path's
+3. _grad_qkg_kernel, a program per chunk: dq, dk, dg; chunks past the fast intra-chunk path's
    range are flagged and left to triton_exact.
+4. _grad_v_kernel, a program per chunk: dv of the unflagged chunks. Split from step 3 so that
+   each fits at least two programs per multiprocessor (one kernel for all four took 237-241
+   registers at 8 warps: one program); the price is reading q, k, g, do and dS a second time.
+5. triton_exact: every gradient of the flagged chunks.
 """
 from __future__ import annotations
 
@@ -23,14 +27,25 @@ import triton
 import triton.language as tl
 
 from . import triton_exact
-from .triton_chunk import store_dk_dg, store_dq, store_dv
+from .triton_chunk import store_dv
 from .triton_forward import RUNTIME_SIZES, flags
-from .triton_intra import fast_factors, fast_grad_k, fast_grad_q, fast_scores, lower, needs_exact
+from .triton_intra import fast_factors, fast_grad_k, fast_grad_q, fast_scores, lower, needs_exact, upper
 from .triton_scan import scan_states
-from .triton_tiles import CHUNK, gated_rms_norm_grad, load_gate, load_tile, mm, scan_rows, state_ptrs, store_tile
+from .triton_tiles import (
+    CHUNK,
+    gate_input_grad,
+    gated_rms_norm_grad,
+    load_gate,
+    load_tile,
+    mm,
+    scan_rows,
+    state_ptrs,
+    store_tile,
+)
 
 GRAD_SUMMARY_LAUNCH = {"num_warps": 8, "num_stages": 1}  # 122 registers with the norm, 2 programs
-GRAD_LAUNCH = {"num_warps": 8, "num_stages": 1}  # 241 registers, 1 program
+GRAD_QKG_LAUNCH = {"num_warps": 4, "num_stages": 1}  # 255 registers, 2 programs
+GRAD_V_LAUNCH = {"num_warps": 4, "num_stages": 1}  # 122 registers, 4 programs
 
 
 @triton.jit(do_not_specialize=RUNTIME_SIZES)
@@ -59,9 +74,9 @@ def _grad_summary_kernel(q, g, d_out, z, w, o_pre, d_o, dz, dw_parts, contributi
 
 
 @triton.jit(do_not_specialize=RUNTIME_SIZES)
-def _grad_kernel(q, k, v, g, d_o, states, d_states, dq, dk, dv, dg, exact_flags, T, H, rev, col_h, col_w, scale,
-                 gate_norm, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, RAW_GATE: tl.constexpr,
-                 EXACT: tl.constexpr):
+def _grad_qkg_kernel(q, k, v, g, d_o, states, d_states, dq, dk, dg, exact_flags, T, H, rev, col_h, col_w, scale,
+                     gate_norm, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, RAW_GATE: tl.constexpr,
+                     EXACT: tl.constexpr):
     n = tl.program_id(0)
     bh = tl.program_id(1)
     index = bh * tl.num_programs(0) + n
@@ -71,21 +86,49 @@ def _grad_kernel(q, k, v, g, d_o, states, d_states, dq, dk, dv, dg, exact_flags,
     flagged = needs_exact(b_last)
     tl.store(exact_flags + index, flagged.to(tl.int8))
     if not flagged:
-        q_c = load_tile(q, row, valid, K)
-        k_c = load_tile(k, row, valid, K)
-        v_c = load_tile(v, row, valid, V)
-        do_c = load_tile(d_o, row, valid, V)
+        # The math of triton_chunk's store_dq and store_dk_dg, in the order that fits 255 registers
+        # at 4 warps without spills (calling them spills 60-72 B): dq first, then dS's terms before dk's
+        # intra-chunk part, which takes the scores' adjoint computed transposed (no register transpose).
         e_from_start = tl.exp(tl.cumsum(g_c, axis=0))
         e_to_end = tl.exp(tl.cumsum(g_c, axis=0, reverse=True) - g_c)
         e_q, e_k = fast_factors(e_from_start, e_to_end, b_last)
-        dS = tl.load(state_ptrs(d_states, index, K, V))
-        store_dv(fast_scores(q_c, k_c, e_q, e_k, C, EXACT), k_c, do_c, e_to_end, dS, scale, dv, row, valid, V, EXACT)
+        v_c = load_tile(v, row, valid, V)
+        do_c = load_tile(d_o, row, valid, V)
+        q_c = load_tile(q, row, valid, K)
+        k_c = load_tile(k, row, valid, K)
+        diagonal = scale * tl.sum(do_c.to(tl.float32) * v_c.to(tl.float32), axis=1)[:, None]
         d_scores = lower(scale * mm(do_c, tl.trans(v_c), EXACT), C, True)
         S = tl.load(state_ptrs(states, index, K, V))
-        d_gate, diagonal = store_dq(fast_grad_q(k_c, e_q, e_k, d_scores, EXACT), q_c, k_c, v_c, do_c,
-                                    e_from_start, S, scale, dq, row, valid, K, EXACT)
-        store_dk_dg(fast_grad_k(q_c, e_q, e_k, d_scores, EXACT), d_gate, diagonal, q_c, k_c, v_c, g, b_last,
-                    e_to_end, S, dS, dk, dg, row, valid, gate_norm, K, RAW_GATE, EXACT)
+        dq_c = fast_grad_q(k_c, e_q, e_k, d_scores, EXACT) + scale * mm(do_c, tl.trans(S), EXACT) * e_from_start
+        store_tile(dq, row, valid, dq_c + diagonal * k_c, K)
+        d_gate = q_c * dq_c
+        dS = tl.load(state_ptrs(d_states, index, K, V))
+        across = tl.exp(b_last) * tl.sum(S * dS, axis=1)
+        dk_inter = mm(v_c, tl.trans(dS), EXACT) * e_to_end
+        dk_c = fast_grad_k(q_c, e_q, e_k, upper(scale * mm(v_c, tl.trans(do_c), EXACT), C), EXACT) + dk_inter
+        store_tile(dk, row, valid, dk_c + diagonal * q_c, K)
+        # As store_dk_dg: the t == s terms cancel in q dq - k dk; beyond the chunk, sum_V S_out * dS.
+        beyond = across + tl.sum(k_c * dk_inter, axis=0)
+        d_gate = tl.cumsum(d_gate - k_c * dk_c, axis=0, reverse=True) + beyond[None, :]
+        store_tile(dg, row, valid, gate_input_grad(d_gate, g, row, valid, K, RAW_GATE, gate_norm), K)
+
+
+@triton.jit(do_not_specialize=RUNTIME_SIZES)
+def _grad_v_kernel(q, k, g, d_o, d_states, dv, exact_flags, T, H, rev, col_h, col_w, scale, gate_norm,
+                   K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, RAW_GATE: tl.constexpr, EXACT: tl.constexpr):
+    n = tl.program_id(0)
+    bh = tl.program_id(1)
+    index = bh * tl.num_programs(0) + n
+    # The flags _grad_qkg_kernel wrote, not recomputed: a chunk must go to exactly one of the two paths.
+    if tl.load(exact_flags + index) == 0:
+        row, valid = scan_rows(bh // H, bh % H, n, T, H, rev, col_h, col_w, C)
+        g_c = load_gate(g, row, valid, K, RAW_GATE, gate_norm)
+        e_to_end = tl.exp(tl.cumsum(g_c, axis=0, reverse=True) - g_c)
+        e_q, e_k = fast_factors(tl.exp(tl.cumsum(g_c, axis=0)), e_to_end, tl.sum(g_c, axis=0))
+        q_c = load_tile(q, row, valid, K)
+        k_c = load_tile(k, row, valid, K)
+        store_dv(fast_scores(q_c, k_c, e_q, e_k, C, EXACT), k_c, load_tile(d_o, row, valid, V), e_to_end,
+                 tl.load(state_ptrs(d_states, index, K, V)), scale, dv, row, valid, V, EXACT)
 
 
 def backward(q, k, v, g, output_gate, norm_weight, states, o_pre, d_out, scale: float, gate_norm: float,
@@ -99,8 +142,9 @@ def backward(q, k, v, g, output_gate, norm_weight, states, o_pre, d_out, scale: 
     d_states = q.new_empty(B * H, grid[0], K, V, dtype=torch.float32)  # first each chunk's D
     log_decays = q.new_empty(B * H, grid[0], K, dtype=torch.float32)
     grads = tuple(torch.empty_like(x) for x in (q, k, v, g))
-    # With the norm, dL/do goes to dv's memory: _grad_kernel reads each chunk's rows of it before
-    # writing dv there (flagged chunks, read by triton_exact, it leaves alone).
+    # With the norm, dL/do goes to dv's memory. Every read of it comes before dv overwrites it:
+    # _grad_qkg_kernel runs first; _grad_v_kernel reads each chunk's rows before writing dv there;
+    # flagged chunks it leaves alone for triton_exact, which also reads do before writing dv.
     d_o = grads[2] if norm else d_out
     dz = torch.empty_like(output_gate) if norm else None
     dw_parts = q.new_empty(B * H * grid[0], V, dtype=torch.float32) if norm else None
@@ -109,8 +153,10 @@ def backward(q, k, v, g, output_gate, norm_weight, states, o_pre, d_out, scale: 
                                **flags(q, v, gate_norm), **GRAD_SUMMARY_LAUNCH)
     scan_states(d_states, log_decays, reverse=True)
     exact_flags = q.new_empty(B * H, grid[0], dtype=torch.int8)
-    _grad_kernel[grid](q, k, v, g, d_o, states, d_states, *grads, exact_flags, T, H, *order_args, scale, gate_norm,
-                       **flags(q, v, gate_norm), **GRAD_LAUNCH)
+    _grad_qkg_kernel[grid](q, k, v, g, d_o, states, d_states, grads[0], grads[1], grads[3], exact_flags, T, H,
+                           *order_args, scale, gate_norm, **flags(q, v, gate_norm), **GRAD_QKG_LAUNCH)
+    _grad_v_kernel[grid](q, k, g, d_o, d_states, grads[2], exact_flags, T, H, *order_args, scale, gate_norm,
+                         **flags(q, v, gate_norm), **GRAD_V_LAUNCH)
     triton_exact.complete_backward(q, k, v, g, d_o, states, d_states, grads, exact_flags, scale, gate_norm,
                                    order_args)
     dw = dw_parts.sum(0).to(norm_weight.dtype) if norm else None

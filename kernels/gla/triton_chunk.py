@@ -27,6 +27,8 @@ def store_output(o, z, w, out, o_pre, row, valid, eps, V: tl.constexpr, NORM: tl
 # The backward's stores, in three steps that the kernels call as soon as each input is ready:
 # results leave the registers early, and fewer values are live at once (see triton_backward
 # for the formulas). dq and dk arrive as their intra-chunk parts without the t == s terms.
+# triton_backward's _grad_qkg_kernel does store_dq's and store_dk_dg's math inline, in the order
+# that fits its registers; triton_exact and _grad_v_kernel call these.
 
 
 @triton.jit

@@ -38,6 +38,13 @@ def lower(A, C: tl.constexpr, STRICT: tl.constexpr):
 
 
 @triton.jit
+def upper(A, C: tl.constexpr):
+    """A with the entries s >= t zeroed: `lower(., C, True)` of A's transpose, for operands built transposed."""
+    rows = tl.arange(0, C)
+    return tl.where(rows[:, None] < rows[None, :], A, 0.0)
+
+
+@triton.jit
 def fast_factors(e_from_start, e_to_end, b_last):
     """e^{b - rho} for queries and e^{rho - b} for keys ([C, K]), rho = b_last / 2, from
     e^{b} and e^{b_last - b}: both factors are these scaled by e^{-rho} = e^{|b_last| / 2}."""
@@ -59,9 +66,10 @@ def fast_grad_q(k, e_q, e_k, d_scores, EXACT: tl.constexpr):
 
 
 @triton.jit
-def fast_grad_k(q, e_q, e_k, d_scores, EXACT: tl.constexpr):
-    """Intra-chunk dk, as `fast_grad_q`."""
-    return mm_fine(tl.trans(d_scores), q * e_q, EXACT) * e_k
+def fast_grad_k(q, e_q, e_k, d_scores_t, EXACT: tl.constexpr):
+    """Intra-chunk dk, as `fast_grad_q`, from the transposed d_scores (zero on and below the
+    diagonal): built transposed, it needs no transpose in registers."""
+    return mm_fine(d_scores_t, q * e_q, EXACT) * e_k
 
 
 @triton.jit
