@@ -615,6 +615,41 @@ def _plot(bare: list[dict], path: Path, card: str) -> None:
     fig.savefig(path, dpi=120)
 
 
+# Trainer runs of the benchmark: a base run, optionally ZeRO-2 reduction settings set against their
+# per-world-size defaults (dig_scale/train/deepspeed_config.py), optionally `_<N>gpu` (default one),
+# e.g. dig_xl2_graphed_nocontig_overlap_2gpu.
+TRAINER_RUNS = {
+    "dig_xl2_graphed": ("DiG-XL/2", "train.compile=true", "train.cuda_graphs=true"),
+    "dig_xl2_compiled": ("DiG-XL/2", "train.compile=true", "train.cuda_graphs=false"),
+    "dig_xl2_eager": ("DiG-XL/2", "train.compile=false", "train.cuda_graphs=false"),
+    "dit_xl2_graphed": ("DiT-XL/2", "train.compile=true", "train.cuda_graphs=true", "model.name=DiT-XL/2"),
+    "dit_xl2_compiled": ("DiT-XL/2", "train.compile=true", "train.cuda_graphs=false", "model.name=DiT-XL/2"),
+}
+ZERO_SETTINGS = {"contig": ("contiguous_gradients", "true"), "nocontig": ("contiguous_gradients", "false"),
+                 "overlap": ("overlap_comm", "true"), "nooverlap": ("overlap_comm", "false")}
+
+
+def trainer_run(name: str) -> tuple[str, list[str], int]:
+    """(model, trainer overrides, GPUs) of a trainer run's name; ValueError names what is unknown."""
+    base = max((b for b in TRAINER_RUNS if name == b or name.startswith(b + "_")), key=len, default=None)
+    if base is None:
+        raise ValueError(f"unknown trainer run {name!r}: a name starts with one of {', '.join(TRAINER_RUNS)}")
+    model, *overrides = TRAINER_RUNS[base]
+    if SMOKE and base == "dit_xl2_compiled":
+        overrides.append("model.gla_backend=auto")
+    gpus = 1
+    for part in filter(None, name[len(base):].split("_")):
+        if part in ZERO_SETTINGS:
+            key, value = ZERO_SETTINGS[part]
+            overrides.append(f"deepspeed.zero_optimization.{key}={value}")
+        elif re.fullmatch(r"[1-9][0-9]*gpu", part):
+            gpus = int(part[:-3])
+        else:
+            raise ValueError(f"trainer run {name!r}: unknown part {part!r} (expected {', '.join(ZERO_SETTINGS)} "
+                             "or <N>gpu)")
+    return model, overrides, gpus
+
+
 def main() -> int:
     global RESULTS, BREAKDOWN
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -628,13 +663,19 @@ def main() -> int:
     parser.add_argument("--trainer-steps", type=int, default=60)
     parser.add_argument("--smoke", action="store_true", help="CPU check of the script with tiny models")
     parser.add_argument("--breakdown", action="store_true", help="bare section: top kernels and host ops per step")
-    parser.add_argument("--gpus", type=int, default=1, help="trainer section: GPUs for dig_xl2_graphed_<N>gpu")
     parser.add_argument("--trainer-runs",
                         default="loader,dig_xl2_graphed,dig_xl2_compiled,dit_xl2_graphed,profile_graphed",
-                        help="trainer section: which runs (names in main(); 'loader', 'profile', 'profile_graphed')")
+                        help="trainer section: which runs, in order: 'loader', 'profile', 'profile_graphed' and "
+                             "trainer_run() names such as dig_xl2_graphed_nocontig_2gpu")
     parser.add_argument("--profile-child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     parser.add_argument("--report", type=Path, nargs="+", help="results.jsonl files to turn into tables and a plot")
     args = parser.parse_args()
+    for name in args.trainer_runs.split(","):
+        if name not in ("loader", "profile", "profile_graphed"):
+            try:
+                trainer_run(name)
+            except ValueError as error:
+                parser.error(str(error))
     if args.report:
         print(write_report(args.report, args.out).read_text())
         return 0
@@ -679,36 +720,14 @@ def main() -> int:
         # (compiling on a CPU takes many minutes: the smoke check runs the trainer eager)
         tiny = ["model.arch={depth: 2, hidden_size: 64, num_heads: 2}", "model.gla_backend=torch",
                 "train.precision=fp32", "data.num_workers=0"] if SMOKE else []
-        no_graphs = "train.cuda_graphs=false"
-        runs = {"dig_xl2_graphed": ("DiG-XL/2", "train.compile=true", "train.cuda_graphs=true"),
-                "dig_xl2_compiled": ("DiG-XL/2", "train.compile=true", no_graphs),
-                # overlap_comm is off by default at one rank with graphs (deepspeed_config.py): the other side
-                "dig_xl2_graphed_overlap": ("DiG-XL/2", "train.compile=true", "train.cuda_graphs=true",
-                                            "deepspeed.zero_optimization.overlap_comm=true"),
-                # ZeRO-2 copies each gradient into its bucket as it is produced (a copy per parameter)
-                "dig_xl2_graphed_nocontig": ("DiG-XL/2", "train.compile=true", "train.cuda_graphs=true",
-                                             "deepspeed.zero_optimization.contiguous_gradients=false"),
-                "dig_xl2_eager": ("DiG-XL/2", "train.compile=false", no_graphs),
-                "dit_xl2_graphed": ("DiT-XL/2", "train.compile=true", "train.cuda_graphs=true", "model.name=DiT-XL/2"),
-                "dit_xl2_compiled": ("DiT-XL/2", "train.compile=true", no_graphs, "model.name=DiT-XL/2",
-                                     *(["model.gla_backend=auto"] if SMOKE else [])),
-                f"dig_xl2_graphed_{args.gpus}gpu": ("DiG-XL/2", "train.compile=true", "train.cuda_graphs=true"),
-                # contiguous_gradients and overlap_comm are on with several ranks (deepspeed_config.py):
-                # the other sides
-                f"dig_xl2_graphed_nocontig_{args.gpus}gpu": (
-                    "DiG-XL/2", "train.compile=true", "train.cuda_graphs=true",
-                    "deepspeed.zero_optimization.contiguous_gradients=false"),
-                f"dig_xl2_graphed_nooverlap_{args.gpus}gpu": (
-                    "DiG-XL/2", "train.compile=true", "train.cuda_graphs=true",
-                    "deepspeed.zero_optimization.overlap_comm=false")}
         if "loader" in args.trainer_runs:
             bench_loader(data, batch, workers=8 if DEVICE == "cuda" else 0)
         for name in args.trainer_runs.split(","):  # in the order given: what matters most runs first
-            if name in runs:
-                model, *extra = runs[name]
-                gpus = args.gpus if name.endswith("gpu") else 1
+            if name not in ("loader", "profile", "profile_graphed"):
+                model, extra, gpus = trainer_run(name)
                 bench_trainer(scratch, data, name, "dig_xl2_in1k256.yaml", model, batch, steps, peak, *tiny,
-                              *extra, *(["train.compile=false", no_graphs] if SMOKE else []), gpus=gpus)
+                              *extra, *(["train.compile=false", "train.cuda_graphs=false"] if SMOKE else []),
+                              gpus=gpus)
             elif name in ("profile", "profile_graphed"):
                 graphs = name.endswith("graphed") and not SMOKE
                 overrides = trainer_overrides(scratch, name, data, batch, 10, *tiny,

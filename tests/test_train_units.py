@@ -34,7 +34,7 @@ def test_deepspeed_section_is_merged_over_the_generated_config():
     cfg = config_from_dict({"data": {"path": "/d"}, "optim": {"warmup_steps": 10, "grad_clip": 1.0},
                             "deepspeed": {"zero_optimization": {"reduce_bucket_size": 1e7},
                                           "bf16": {"enabled": False}}})
-    ds = build_deepspeed_config(cfg, world_size=8)
+    ds = build_deepspeed_config(cfg, world_size=8, hosts=2)
     assert ds["zero_optimization"] == {"stage": 2, "overlap_comm": True, "contiguous_gradients": True,
                                        "reduce_scatter": True, "reduce_bucket_size": 1e7, "allgather_bucket_size": 5e8,
                                        "compute_grad_norm": False}
@@ -42,22 +42,25 @@ def test_deepspeed_section_is_merged_over_the_generated_config():
     # Clipping happens in the trainer's fused update, never twice.
     assert ds["gradient_accumulation_steps"] == 1 and ds["gradient_clipping"] == 0.0
     assert ds["scheduler"]["params"]["warmup_num_steps"] == 10
-    assert build_deepspeed_config(cfg, world_size=1)["zero_optimization"]["overlap_comm"] is True
+    assert build_deepspeed_config(cfg, world_size=1, hosts=1)["zero_optimization"]["overlap_comm"] is True
     graphed = config_from_dict({"data": {"path": "/d"}, "train": {"compile": True, "cuda_graphs": True}})
-    assert build_deepspeed_config(graphed, world_size=1)["zero_optimization"]["overlap_comm"] is False
-    assert build_deepspeed_config(graphed, world_size=2)["zero_optimization"]["overlap_comm"] is True
-    # One rank with one micro-batch per step reduces nothing: no copy of every gradient into a
-    # bucket. Micro-batches that accumulate keep it (their gradients leave graph memory at once).
-    for global_batch, contiguous in ((32, False), (64, True)):
+    assert build_deepspeed_config(graphed, world_size=1, hosts=1)["zero_optimization"]["overlap_comm"] is False
+    assert build_deepspeed_config(graphed, world_size=2, hosts=1)["zero_optimization"]["overlap_comm"] is True
+    # On one host with one micro-batch per step, no copy of every gradient into a bucket. Several
+    # hosts keep it (reduce-scatter's bytes), and so do micro-batches that accumulate (their
+    # gradients leave graph memory at once).
+    for global_batch, world_size, hosts, contiguous in ((32, 1, 1, False), (64, 2, 1, False), (64, 1, 1, True),
+                                                        (256, 8, 2, True)):
         batches = config_from_dict({"data": {"path": "/d"}, "train": {
             "compile": True, "cuda_graphs": True, "global_batch_size": global_batch, "micro_batch_size": 32}})
-        assert build_deepspeed_config(batches, world_size=1)["zero_optimization"]["contiguous_gradients"] is contiguous
+        zero = build_deepspeed_config(batches, world_size, hosts)["zero_optimization"]
+        assert zero["contiguous_gradients"] is contiguous, (world_size, hosts, global_batch)
     refused = config_from_dict({"data": {"path": "/d"},
                                 "deepspeed": {"zero_optimization": {"contiguous_gradients": False}},
                                 "train": {"compile": True, "cuda_graphs": True, "global_batch_size": 64,
                                           "micro_batch_size": 32}})
     with pytest.raises(ConfigError, match="contiguous_gradients=false: with train.cuda_graphs and 2 micro-batches"):
-        build_deepspeed_config(refused, world_size=1)
+        build_deepspeed_config(refused, world_size=1, hosts=1)
     assert deep_merge({"a": {"b": 1}}, {"a": {"c": 2}}) == {"a": {"b": 1, "c": 2}}
 
 
@@ -69,7 +72,7 @@ def test_deepspeed_section_is_merged_over_the_generated_config():
 def test_deepspeed_section_cannot_take_over_what_the_trainer_does(section, key):
     cfg = config_from_dict({"data": {"path": "/d"}, "deepspeed": section})
     with pytest.raises(ConfigError, match=f"{key}: not settable here"):
-        build_deepspeed_config(cfg, world_size=1)
+        build_deepspeed_config(cfg, world_size=1, hosts=1)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])

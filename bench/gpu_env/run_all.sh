@@ -5,7 +5,7 @@
 # Parts, each sized for one 10-minute call on an H200, run one after the other (never two at once:
 # a second benchmark on the same host shifts the first one's numbers):
 #   scaling      the graphed trainer on 1 and on 2 GPUs (ZeRO-2 scaling; skipped with one GPU), then on 2
-#                without contiguous gradients and without overlap_comm
+#                with overlap_comm off and with contiguous gradients on (the other sides of their defaults)
 #   trainer      the real trainer on GPU 0: the graphed DiG trainer's phase profile, DiG graphed (with and
 #                without overlap_comm), DiT graphed, and DiG compiled without graphs
 #   step         the bare model step at DiG-XL/2 256 px with a kernel breakdown: DiG and DiT graphed
@@ -35,10 +35,9 @@ for part in $parts; do
     case $part in
     scaling)
         [ "$gpus" -ge 2 ] || { echo "one GPU: no scaling run"; continue; }
-        step --scratch "$scratch/two" --sections trainer --gpus 2 --trainer-runs dig_xl2_graphed_2gpu
         CUDA_VISIBLE_DEVICES=0 step --scratch "$scratch/one" --sections trainer --trainer-runs dig_xl2_graphed
-        step --scratch "$scratch/two" --sections trainer --gpus 2 \
-            --trainer-runs dig_xl2_graphed_nocontig_2gpu,dig_xl2_graphed_nooverlap_2gpu ;;
+        step --scratch "$scratch/two" --sections trainer \
+            --trainer-runs dig_xl2_graphed_2gpu,dig_xl2_graphed_nooverlap_2gpu,dig_xl2_graphed_contig_2gpu ;;
     trainer)
         CUDA_VISIBLE_DEVICES=0 step --scratch "$scratch/one" --sections ceilings,trainer \
             --trainer-runs loader,profile_graphed,dig_xl2_graphed,dit_xl2_graphed,dig_xl2_graphed_overlap,dig_xl2_compiled ;;

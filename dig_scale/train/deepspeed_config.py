@@ -45,19 +45,22 @@ def _check_not_owned(section: dict) -> None:
             raise ConfigError(f"deepspeed.{dotted}: not settable here; {instead}")
 
 
-def build_deepspeed_config(cfg: ExperimentConfig, world_size: int) -> dict[str, Any]:
+def build_deepspeed_config(cfg: ExperimentConfig, world_size: int, hosts: int) -> dict[str, Any]:
     """ZeRO-2 with bucketed gradient reduction; bf16; linear warm-up then constant LR.
 
-    Per world size, measured on one H200 (DiG-XL/2, 256 px, compiled; bench/results/train_step_nvidia_h200.md):
+    Reduction settings per world size, measured with DiG-XL/2 at 256 px on H200s
+    (bench/results/train_step_nvidia_h200.md, calls 8 and 11):
+    - contiguous_gradients is off on one host with one micro-batch per step. It copies every
+      gradient into a bucket as it is produced, one copy and ~15 lines of Python per parameter,
+      and with CUDA graphs the step waits on that host work: 84 ms/step without it vs 93 at one
+      rank (1.3 GB less memory), 88 vs 111 at two. Without it, DeepSpeed all-reduces whole
+      buckets instead of reducing each slice to the rank that owns it: about twice the bytes per
+      rank, cheap over one host's NVLink, not measured across hosts, where it stays on. With
+      several micro-batches it stays on as well: without the copy, DeepSpeed accumulates into the
+      gradient tensors autograd produced, which with CUDA graphs live in graph memory that the
+      next micro-batch's replay reuses.
     - overlap_comm is on with several ranks, and with one rank only without CUDA graphs: without
       graphs it is faster with one rank too (140 ms/step vs 178), with graphs slower (111 vs 93).
-    - contiguous_gradients is off for one rank with one micro-batch per step. It copies every
-      gradient into a bucket as it is produced, one copy and ~15 lines of Python per parameter, to
-      reduce whole buckets; a single rank reduces nothing and, with CUDA graphs, spends its step
-      on that host work (84 ms/step without it vs 93, and 1.3 GB less memory). With several
-      micro-batches it stays on: without the copy, DeepSpeed accumulates into the gradient tensors
-      autograd produced, which with CUDA graphs live in graph memory that the next micro-batch's
-      replay reuses.
     DeepSpeed's per-parameter overflow check and gradient norm are off: the trainer does both
     in one fused pass (update_guard.py), and clipping (optim.grad_clip) happens there too."""
     _check_not_owned(cfg.deepspeed)
@@ -70,7 +73,7 @@ def build_deepspeed_config(cfg: ExperimentConfig, world_size: int) -> dict[str, 
         "zero_optimization": {
             "stage": 2,
             "overlap_comm": world_size > 1 or not cfg.train.cuda_graphs,
-            "contiguous_gradients": world_size > 1 or accumulation > 1,
+            "contiguous_gradients": hosts > 1 or accumulation > 1,
             "reduce_scatter": True,
             "reduce_bucket_size": 5e8,
             "allgather_bucket_size": 5e8,
