@@ -221,6 +221,27 @@ def test_gpu_bfloat16_real_sizes(B, grid, H, gate_floor, order):
 
 
 @gpu_only
+def test_gpu_more_sequences_than_a_grid_axis_holds():
+    # B*H = 66,600 per-chunk programs of one chunk each: past the 65,535 a second grid axis holds.
+    # The last sequences, computed alone, must match bit for bit.
+    B, H, order, grid = 3700, 18, ScanOrder.ROW_FORWARD, (8, 8)
+    q, k, v, g = random_gla_inputs(B, 64, H, 32, 64, seed=1)
+    inputs = [x.cuda().to(torch.bfloat16) for x in (q, k, v)] + [g.float().cuda()]
+    d_out = torch.randn(B, 64, H, 64, device="cuda", dtype=torch.bfloat16)
+
+    def out_and_grads(xs, d):
+        xs = [x.detach().requires_grad_() for x in xs]
+        out = scan_gla(*xs, order, grid)
+        return out, torch.autograd.grad(out, xs, d)
+
+    out, grads = out_and_grads(inputs, d_out)
+    tail, tail_grads = out_and_grads([x[-2:] for x in inputs], d_out[-2:])
+    assert torch.equal(out[-2:], tail)
+    for a, b in zip(grads, tail_grads):
+        assert torch.equal(a[-2:], b)
+
+
+@gpu_only
 def test_gpu_model_layer_bfloat16_autocast():
     from dig_scale.models.gla import GatedLinearAttention
 

@@ -33,6 +33,7 @@ from .triton_intra import fast_factors, fast_grad_k, fast_grad_q, fast_scores, l
 from .triton_scan import scan_states
 from .triton_tiles import (
     CHUNK,
+    chunk_program,
     gate_input_grad,
     gated_rms_norm_grad,
     load_gate,
@@ -53,9 +54,7 @@ def _grad_summary_kernel(q, g, d_out, z, w, o_pre, d_o, dz, dw_parts, contributi
                          T, H, rev, col_h, col_w, scale, gate_norm, eps,
                          K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, RAW_GATE: tl.constexpr,
                          NORM: tl.constexpr, EXACT: tl.constexpr):
-    n = tl.program_id(0)
-    bh = tl.program_id(1)
-    index = bh * tl.num_programs(0) + n
+    n, bh, index = chunk_program(T, C)
     row, valid = scan_rows(bh // H, bh % H, n, T, H, rev, col_h, col_w, C)
     q_c = load_tile(q, row, valid, K)
     g_c = load_gate(g, row, valid, K, RAW_GATE, gate_norm)
@@ -77,9 +76,7 @@ def _grad_summary_kernel(q, g, d_out, z, w, o_pre, d_o, dz, dw_parts, contributi
 def _grad_qkg_kernel(q, k, v, g, d_o, states, d_states, dq, dk, dg, exact_flags, T, H, rev, col_h, col_w, scale,
                      gate_norm, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, RAW_GATE: tl.constexpr,
                      EXACT: tl.constexpr):
-    n = tl.program_id(0)
-    bh = tl.program_id(1)
-    index = bh * tl.num_programs(0) + n
+    n, bh, index = chunk_program(T, C)
     row, valid = scan_rows(bh // H, bh % H, n, T, H, rev, col_h, col_w, C)
     g_c = load_gate(g, row, valid, K, RAW_GATE, gate_norm)
     b_last = tl.sum(g_c, axis=0)
@@ -116,9 +113,7 @@ def _grad_qkg_kernel(q, k, v, g, d_o, states, d_states, dq, dk, dg, exact_flags,
 @triton.jit(do_not_specialize=RUNTIME_SIZES)
 def _grad_v_kernel(q, k, g, d_o, d_states, dv, exact_flags, T, H, rev, col_h, col_w, scale, gate_norm,
                    K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, RAW_GATE: tl.constexpr, EXACT: tl.constexpr):
-    n = tl.program_id(0)
-    bh = tl.program_id(1)
-    index = bh * tl.num_programs(0) + n
+    n, bh, index = chunk_program(T, C)
     # The flags _grad_qkg_kernel wrote, not recomputed: a chunk must go to exactly one of the two paths.
     if tl.load(exact_flags + index) == 0:
         row, valid = scan_rows(bh // H, bh % H, n, T, H, rev, col_h, col_w, C)
@@ -137,22 +132,23 @@ def backward(q, k, v, g, output_gate, norm_weight, states, o_pre, d_out, scale: 
     contiguous; states and o_pre as it returned them); the last two are None without the norm."""
     B, T, H, K = q.shape
     V = v.shape[-1]
-    grid = (triton.cdiv(T, CHUNK), B * H)
+    n_chunks = triton.cdiv(T, CHUNK)
+    grid = (B * H * n_chunks,)  # one axis: triton_tiles.chunk_program
     norm = output_gate is not None
-    d_states = q.new_empty(B * H, grid[0], K, V, dtype=torch.float32)  # first each chunk's D
-    log_decays = q.new_empty(B * H, grid[0], K, dtype=torch.float32)
+    d_states = q.new_empty(B * H, n_chunks, K, V, dtype=torch.float32)  # first each chunk's D
+    log_decays = q.new_empty(B * H, n_chunks, K, dtype=torch.float32)
     grads = tuple(torch.empty_like(x) for x in (q, k, v, g))
     # With the norm, dL/do goes to dv's memory. Every read of it comes before dv overwrites it:
     # _grad_qkg_kernel runs first; _grad_v_kernel reads each chunk's rows before writing dv there;
     # flagged chunks it leaves alone for triton_exact, which also reads do before writing dv.
     d_o = grads[2] if norm else d_out
     dz = torch.empty_like(output_gate) if norm else None
-    dw_parts = q.new_empty(B * H * grid[0], V, dtype=torch.float32) if norm else None
+    dw_parts = q.new_empty(B * H * n_chunks, V, dtype=torch.float32) if norm else None
     _grad_summary_kernel[grid](q, g, d_out, output_gate, norm_weight, o_pre, d_o, dz, dw_parts, d_states,
                                log_decays, T, H, *order_args, scale, gate_norm, norm_eps, NORM=norm,
                                **flags(q, v, gate_norm), **GRAD_SUMMARY_LAUNCH)
     scan_states(d_states, log_decays, reverse=True)
-    exact_flags = q.new_empty(B * H, grid[0], dtype=torch.int8)
+    exact_flags = q.new_empty(B * H, n_chunks, dtype=torch.int8)
     _grad_qkg_kernel[grid](q, k, v, g, d_o, states, d_states, grads[0], grads[1], grads[3], exact_flags, T, H,
                            *order_args, scale, gate_norm, **flags(q, v, gate_norm), **GRAD_QKG_LAUNCH)
     _grad_v_kernel[grid](q, k, g, d_o, d_states, grads[2], exact_flags, T, H, *order_args, scale, gate_norm,

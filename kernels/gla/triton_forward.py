@@ -20,7 +20,7 @@ from . import triton_exact
 from .triton_chunk import chunk_output, store_output
 from .triton_intra import fast_factors, fast_scores, needs_exact
 from .triton_scan import scan_states
-from .triton_tiles import CHUNK, load_gate, load_tile, mm, scan_rows, state_ptrs
+from .triton_tiles import CHUNK, chunk_program, load_gate, load_tile, mm, scan_rows, state_ptrs
 
 # Launch settings at DiG's head dims (key 32, value 64): registers per thread without spills,
 # and programs per multiprocessor, from bench/gla_resources.py (sm_90).
@@ -33,14 +33,12 @@ RUNTIME_SIZES = ["T", "H", "rev", "col_h", "col_w"]
 @triton.jit(do_not_specialize=RUNTIME_SIZES)
 def _summary_kernel(k, v, g, contributions, log_decays, T, H, rev, col_h, col_w, gate_norm,
                     K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, RAW_GATE: tl.constexpr, EXACT: tl.constexpr):
-    n = tl.program_id(0)
-    bh = tl.program_id(1)
+    n, bh, index = chunk_program(T, C)
     row, valid = scan_rows(bh // H, bh % H, n, T, H, rev, col_h, col_w, C)
     k_c = load_tile(k, row, valid, K)
     v_c = load_tile(v, row, valid, V)
     g_c = load_gate(g, row, valid, K, RAW_GATE, gate_norm)
     to_end = tl.exp(tl.cumsum(g_c, axis=0, reverse=True) - g_c)  # e^{b_last - b}, summed from the end
-    index = bh * tl.num_programs(0) + n
     tl.store(state_ptrs(contributions, index, K, V), mm(tl.trans(k_c * to_end), v_c, EXACT))
     tl.store(log_decays + index.to(tl.int64) * K + tl.arange(0, K), tl.sum(g_c, axis=0))
 
@@ -49,9 +47,7 @@ def _summary_kernel(k, v, g, contributions, log_decays, T, H, rev, col_h, col_w,
 def _output_kernel(q, k, v, g, z, w, states, out, o_pre, exact_flags, T, H, rev, col_h, col_w, scale, gate_norm,
                    eps, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, RAW_GATE: tl.constexpr,
                    NORM: tl.constexpr, SAVE: tl.constexpr, EXACT: tl.constexpr):
-    n = tl.program_id(0)
-    bh = tl.program_id(1)
-    index = bh * tl.num_programs(0) + n
+    n, bh, index = chunk_program(T, C)
     row, valid = scan_rows(bh // H, bh % H, n, T, H, rev, col_h, col_w, C)
     g_c = load_gate(g, row, valid, K, RAW_GATE, gate_norm)
     b = tl.cumsum(g_c, axis=0)
@@ -81,16 +77,17 @@ def forward(q, k, v, g, output_gate, norm_weight, scale: float, gate_norm: float
     `triton_backend.order_arguments`."""
     B, T, H, K = q.shape
     V = v.shape[-1]
-    grid = (triton.cdiv(T, CHUNK), B * H)
-    states = q.new_empty(B * H, grid[0], K, V, dtype=torch.float32)  # first each chunk's Delta
-    log_decays = q.new_empty(B * H, grid[0], K, dtype=torch.float32)
+    n_chunks = triton.cdiv(T, CHUNK)
+    grid = (B * H * n_chunks,)  # one axis: triton_tiles.chunk_program
+    states = q.new_empty(B * H, n_chunks, K, V, dtype=torch.float32)  # first each chunk's Delta
+    log_decays = q.new_empty(B * H, n_chunks, K, dtype=torch.float32)
     _summary_kernel[grid](k, v, g, states, log_decays, T, H, *order_args, gate_norm,
                           **flags(q, v, gate_norm), **SUMMARY_LAUNCH)
     scan_states(states, log_decays, reverse=False)
     norm = output_gate is not None
     out = torch.empty_like(v)
     o_pre = torch.empty_like(v) if save and norm else v.new_empty(0)
-    exact_flags = q.new_empty(B * H, grid[0], dtype=torch.int8)
+    exact_flags = q.new_empty(B * H, n_chunks, dtype=torch.int8)
     _output_kernel[grid](q, k, v, g, output_gate, norm_weight, states, out, o_pre, exact_flags, T, H, *order_args,
                          scale, gate_norm, norm_eps, NORM=norm, SAVE=save and norm, **flags(q, v, gate_norm),
                          **OUTPUT_LAUNCH)

@@ -22,6 +22,16 @@ INTERPRET = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")
 
 
 @triton.jit
+def chunk_program(T, C: tl.constexpr):
+    """(chunk n, sequence-head bh, flat index bh * N + n) of this program of a per-chunk kernel.
+    The grid has one axis of B*H*N programs, chunks fastest: a second axis would hold at most
+    65,535 programs, which B*H passes at large micro-batches (3,641 DiG-XL/2 images)."""
+    index = tl.program_id(0)
+    n_chunks = tl.cdiv(T, C)
+    return index % n_chunks, index // n_chunks, index
+
+
+@triton.jit
 def scan_rows(b, h, n, T, H, rev, col_h, col_w, C: tl.constexpr):
     """Flat row index ((b*T + token)*H + h, int64) of scan steps n*C .. n*C+C-1, and which of
     them exist. Row orders pass col_h=1, col_w=T; column orders the grid's (height, width)."""
