@@ -45,7 +45,10 @@ def test_deepspeed_section_is_merged_over_the_generated_config():
     assert build_deepspeed_config(cfg, world_size=1, hosts=1)["zero_optimization"]["overlap_comm"] is True
     graphed = config_from_dict({"data": {"path": "/d"}, "train": {"compile": True, "cuda_graphs": True}})
     assert build_deepspeed_config(graphed, world_size=1, hosts=1)["zero_optimization"]["overlap_comm"] is False
-    assert build_deepspeed_config(graphed, world_size=2, hosts=1)["zero_optimization"]["overlap_comm"] is True
+    assert build_deepspeed_config(graphed, world_size=2, hosts=1)["zero_optimization"]["overlap_comm"] is False
+    graphed_16 = config_from_dict({"data": {"path": "/d"}, "train": {
+        "compile": True, "cuda_graphs": True, "global_batch_size": 512, "micro_batch_size": 32}})
+    assert build_deepspeed_config(graphed_16, world_size=16, hosts=2)["zero_optimization"]["overlap_comm"] is True
     # On one host with one micro-batch per step, no copy of every gradient into a bucket. Several
     # hosts keep it (reduce-scatter's bytes), and so do micro-batches that accumulate (their
     # gradients leave graph memory at once).

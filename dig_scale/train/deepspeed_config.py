@@ -48,19 +48,22 @@ def _check_not_owned(section: dict) -> None:
 def build_deepspeed_config(cfg: ExperimentConfig, world_size: int, hosts: int) -> dict[str, Any]:
     """ZeRO-2 with bucketed gradient reduction; bf16; linear warm-up then constant LR.
 
-    Reduction settings per world size, measured with DiG-XL/2 at 256 px on H200s
-    (bench/results/train_step_nvidia_h200.md, calls 8 and 11):
+    Reduction settings by ranks and hosts, measured with DiG-XL/2 at 256 px on H200s, CUDA graphs
+    (bench/results/train_step_nvidia_h200.md, calls 8, 11 and 12):
     - contiguous_gradients is off on one host with one micro-batch per step. It copies every
       gradient into a bucket as it is produced, one copy and ~15 lines of Python per parameter,
-      and with CUDA graphs the step waits on that host work: 84 ms/step without it vs 93 at one
-      rank (1.3 GB less memory), 88 vs 111 at two. Without it, DeepSpeed all-reduces whole
+      and with CUDA graphs the step waits on that host work: 84 ms/step without it vs 91-95 at one
+      rank (1.3 GB less memory); at two, 81 vs 92 with overlap_comm off, 88-89 vs 90-111 with it
+      on (1 GB less). Without it, DeepSpeed all-reduces whole
       buckets instead of reducing each slice to the rank that owns it: about twice the bytes per
       rank, cheap over one host's NVLink, not measured across hosts, where it stays on. With
       several micro-batches it stays on as well: without the copy, DeepSpeed accumulates into the
       gradient tensors autograd produced, which with CUDA graphs live in graph memory that the
       next micro-batch's replay reuses.
-    - overlap_comm is on with several ranks, and with one rank only without CUDA graphs: without
-      graphs it is faster with one rank too (140 ms/step vs 178), with graphs slower (111 vs 93).
+    - overlap_comm is off on one host with CUDA graphs: there it only adds host work and device
+      syncs (one rank: 93 ms/step without it vs 111; two ranks, without contiguous gradients: 81
+      vs 88-89). Without graphs it pays off even at one rank (140 vs 178), and across hosts, where
+      the reduction takes longer, it stays on (not measured).
     DeepSpeed's per-parameter overflow check and gradient norm are off: the trainer does both
     in one fused pass (update_guard.py), and clipping (optim.grad_clip) happens there too."""
     _check_not_owned(cfg.deepspeed)
@@ -72,7 +75,7 @@ def build_deepspeed_config(cfg: ExperimentConfig, world_size: int, hosts: int) -
         "gradient_clipping": 0.0,
         "zero_optimization": {
             "stage": 2,
-            "overlap_comm": world_size > 1 or not cfg.train.cuda_graphs,
+            "overlap_comm": hosts > 1 or not cfg.train.cuda_graphs,
             "contiguous_gradients": hosts > 1 or accumulation > 1,
             "reduce_scatter": True,
             "reduce_bucket_size": 5e8,
