@@ -87,7 +87,10 @@ class Trainer:
         notes += on_main_rank(lambda: self.run_dir.record_config(cfg, resumed_config))
 
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        model = model_from_config(cfg.model)
+        # Built where it trains: a GPU draws the initial weights in milliseconds, where every rank's
+        # CPU took seconds (6.7-9.3 s for DiG-XL/2 on an H200 host) and a host copy of them.
+        with self.device:
+            model = model_from_config(cfg.model)
         apply_activation_checkpointing(model.blocks, cfg.model.activation_checkpointing)
         clock("model")
         ds_config = self.checkpoints.engine_config(build_deepspeed_config(
