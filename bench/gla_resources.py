@@ -28,8 +28,8 @@ from kernels.gla.triton_tiles import CHUNK  # noqa: E402
 K, V = 32, 64
 PTXAS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
 # Per multiprocessor on sm_80/sm_90: 64K registers (allocated per warp in units of 256), shared
-# memory usable by blocks (1 KB of each block's is reserved), warps.
-REGISTERS, SHARED, WARPS = 65536, 233472, 64
+# memory usable by blocks (1 KB of each block's is reserved), warps, resident blocks.
+REGISTERS, SHARED, WARPS, BLOCKS = 65536, 233472, 64, 32
 FLOAT32 = {"w", "states", "d_states", "contributions", "log_decays", "dw_parts"}
 SCALARS = {"scale": "fp32", "gate_norm": "fp32", "eps": "fp32", "exact_flags": "*i8"}
 
@@ -70,10 +70,10 @@ def _variants() -> list[tuple[str, triton.JITFunction, dict, dict, dict]]:
         out.append((f"state scan, {'reverse' if reverse else 'forward'}", triton_scan._scan_kernel,
                     _types(triton_scan._scan_kernel, "*fp32"),
                     {"K": K, "V": V, "P": triton_scan.SCAN_BLOCK, "REVERSE": reverse},
-                    {"num_warps": triton_scan.SCAN_WARPS, "num_stages": 1}))
+                    triton_scan.SCAN_LAUNCH))
         out.append((f"short state scan, {'reverse' if reverse else 'forward'}", triton_scan._short_scan_kernel,
                     _types(triton_scan._short_scan_kernel, "*fp32"), {"K": K, "V": V, "REVERSE": reverse},
-                    {"num_warps": triton_scan.SCAN_WARPS}))
+                    triton_scan.SHORT_SCAN_LAUNCH))
     return out
 
 
@@ -97,7 +97,7 @@ def resource_usage(compiled, arch: int) -> dict:
     shared = compiled.metadata.shared
     warps = compiled.metadata.num_warps
     per_warp = -(-registers * 32 // 256) * 256
-    programs = min(REGISTERS // (per_warp * warps), SHARED // (shared + 1024), WARPS // warps)
+    programs = min(REGISTERS // (per_warp * warps), SHARED // (shared + 1024), WARPS // warps, BLOCKS)
     ptx = compiled.asm["ptx"]
     mma = "wgmma" if "wgmma" in ptx else ("mma.sync" if "mma.sync" in ptx else "none")
     return {"registers": registers, "spill stores": stores, "spill loads": loads, "shared": shared,

@@ -23,8 +23,11 @@ import triton
 import triton.language as tl
 
 SCAN_BLOCK = 32  # chunks per block
-SCAN_WARPS = 4
+# Triton's default stages for a loop, at which every GPU measurement ran (bench/gla_resources.py, sm_90:
+# 127-128 registers, 24 KB shared memory, 4 programs per multiprocessor).
+SCAN_LAUNCH = {"num_warps": 4, "num_stages": 3}
 SHORT_SCAN = 16  # at most this many chunks: the step-by-step kernel
+SHORT_SCAN_LAUNCH = {"num_warps": 4}  # 40-43 registers, 10-12 programs per multiprocessor
 
 
 @triton.jit(do_not_specialize=["n_chunks"])
@@ -75,8 +78,8 @@ def scan_states(contributions: torch.Tensor, log_decays: torch.Tensor, reverse: 
     each chunk (forward) or the gradient w.r.t. the state leaving it (reverse); returns it."""
     BH, N, K, V = contributions.shape
     if N <= SHORT_SCAN:
-        _short_scan_kernel[(BH,)](contributions, log_decays, N, K=K, V=V, REVERSE=reverse, num_warps=SCAN_WARPS)
+        _short_scan_kernel[(BH,)](contributions, log_decays, N, K=K, V=V, REVERSE=reverse,
+                                  **SHORT_SCAN_LAUNCH)
         return contributions
-    _scan_kernel[(BH, K)](contributions, log_decays, N, K=K, V=V, P=SCAN_BLOCK, REVERSE=reverse,
-                          num_warps=SCAN_WARPS)
+    _scan_kernel[(BH, K)](contributions, log_decays, N, K=K, V=V, P=SCAN_BLOCK, REVERSE=reverse, **SCAN_LAUNCH)
     return contributions
