@@ -27,14 +27,13 @@ import triton
 import triton.language as tl
 
 from . import triton_exact
-from .triton_chunk import store_dv
+from .triton_chunk import diagonal_factor, grad_k_from_state, store_dk_dg, store_dq, store_dv
 from .triton_forward import RUNTIME_SIZES, flags
 from .triton_intra import fast_factors, fast_grad_k, fast_grad_q, fast_scores, lower, needs_exact, upper
 from .triton_scan import scan_states
 from .triton_tiles import (
     CHUNK,
     chunk_program,
-    gate_input_grad,
     gated_rms_norm_grad,
     load_gate,
     load_tile,
@@ -83,9 +82,6 @@ def _grad_qkg_kernel(q, k, v, g, d_o, states, d_states, dq, dk, dg, exact_flags,
     flagged = needs_exact(b_last)
     tl.store(exact_flags + index, flagged.to(tl.int8))
     if not flagged:
-        # The math of triton_chunk's store_dq and store_dk_dg, in the order that fits 255 registers
-        # at 4 warps without spills (calling them spills 60-72 B): dq first, then dS's terms before dk's
-        # intra-chunk part, which takes the scores' adjoint computed transposed (no register transpose).
         e_from_start = tl.exp(tl.cumsum(g_c, axis=0))
         e_to_end = tl.exp(tl.cumsum(g_c, axis=0, reverse=True) - g_c)
         e_q, e_k = fast_factors(e_from_start, e_to_end, b_last)
@@ -93,21 +89,17 @@ def _grad_qkg_kernel(q, k, v, g, d_o, states, d_states, dq, dk, dg, exact_flags,
         do_c = load_tile(d_o, row, valid, V)
         q_c = load_tile(q, row, valid, K)
         k_c = load_tile(k, row, valid, K)
-        diagonal = scale * tl.sum(do_c.to(tl.float32) * v_c.to(tl.float32), axis=1)[:, None]
+        diagonal = diagonal_factor(do_c, v_c, scale)
         d_scores = lower(scale * mm(do_c, tl.trans(v_c), EXACT), C, True)
         S = tl.load(state_ptrs(states, index, K, V))
-        dq_c = fast_grad_q(k_c, e_q, e_k, d_scores, EXACT) + scale * mm(do_c, tl.trans(S), EXACT) * e_from_start
-        store_tile(dq, row, valid, dq_c + diagonal * k_c, K)
-        d_gate = q_c * dq_c
+        q_dq = store_dq(fast_grad_q(k_c, e_q, e_k, d_scores, EXACT), diagonal, q_c, k_c, do_c, e_from_start, S,
+                        scale, dq, row, valid, K, EXACT)
         dS = tl.load(state_ptrs(d_states, index, K, V))
-        across = tl.exp(b_last) * tl.sum(S * dS, axis=1)
-        dk_inter = mm(v_c, tl.trans(dS), EXACT) * e_to_end
+        # dS's terms before dk's intra-chunk part, which takes the scores' adjoint computed transposed
+        # (no register transpose): the order that fits 255 registers at 4 warps without spills.
+        dk_inter, across = grad_k_from_state(v_c, dS, S, b_last, e_to_end, EXACT)
         dk_c = fast_grad_k(q_c, e_q, e_k, upper(scale * mm(v_c, tl.trans(do_c), EXACT), C), EXACT) + dk_inter
-        store_tile(dk, row, valid, dk_c + diagonal * q_c, K)
-        # As store_dk_dg: the t == s terms cancel in q dq - k dk; beyond the chunk, sum_V S_out * dS.
-        beyond = across + tl.sum(k_c * dk_inter, axis=0)
-        d_gate = tl.cumsum(d_gate - k_c * dk_c, axis=0, reverse=True) + beyond[None, :]
-        store_tile(dg, row, valid, gate_input_grad(d_gate, g, row, valid, K, RAW_GATE, gate_norm), K)
+        store_dk_dg(dk_c, dk_inter, across, q_dq, diagonal, q_c, k_c, g, dk, dg, row, valid, gate_norm, K, RAW_GATE)
 
 
 @triton.jit(do_not_specialize=RUNTIME_SIZES)

@@ -24,11 +24,11 @@ def store_output(o, z, w, out, o_pre, row, valid, eps, V: tl.constexpr, NORM: tl
     store_tile(out, row, valid, o, V)
 
 
-# The backward's stores, in three steps that the kernels call as soon as each input is ready:
+# The backward's gradients, in steps that the kernels call as soon as each input is ready:
 # results leave the registers early, and fewer values are live at once (see triton_backward
-# for the formulas). dq and dk arrive as their intra-chunk parts without the t == s terms.
-# triton_backward's _grad_qkg_kernel does store_dq's and store_dk_dg's math inline, in the order
-# that fits its registers; triton_exact and _grad_v_kernel call these.
+# for the formulas). dq and dk arrive as their intra-chunk parts without the t == s terms, which
+# take `diagonal`. _grad_qkg_kernel calls grad_k_from_state before computing dk's intra-chunk part:
+# the order in which it fits 255 registers without spills.
 
 
 @triton.jit
@@ -37,23 +37,35 @@ def store_dv(A, k, do, e_to_end, dS, scale, dv_ptr, row, valid, V: tl.constexpr,
 
 
 @triton.jit
-def store_dq(dq, q, k, v, do, e_from_start, S, scale, dq_ptr, row, valid, K: tl.constexpr, EXACT: tl.constexpr):
-    """Returns q dq, the first half of the gate gradient's dG, and the t == s factor do_t . v_t."""
-    dq += scale * mm(do, tl.trans(S), EXACT) * e_from_start
-    diagonal = scale * tl.sum(do.to(tl.float32) * v.to(tl.float32), axis=1)[:, None]
-    store_tile(dq_ptr, row, valid, dq + diagonal * k, K)
-    return q * dq, diagonal
+def diagonal_factor(do, v, scale):
+    """The t == s factor scale * do_t . v_t of dq and dk ([C, 1])."""
+    return scale * tl.sum(do.to(tl.float32) * v.to(tl.float32), axis=1)[:, None]
 
 
 @triton.jit
-def store_dk_dg(dk, d_gate, diagonal, q, k, v, g, b_last, e_to_end, S, dS, dk_ptr, dg_ptr, row, valid, gate_norm,
-                K: tl.constexpr, RAW_GATE: tl.constexpr, EXACT: tl.constexpr):
-    dk_inter = mm(v, tl.trans(dS), EXACT) * e_to_end
-    dk += dk_inter
+def store_dq(dq, diagonal, q, k, do, e_from_start, S, scale, dq_ptr, row, valid, K: tl.constexpr,
+             EXACT: tl.constexpr):
+    """Adds the state's part to dq and stores it; returns q dq, the first half of the gate gradient's dG."""
+    dq += scale * mm(do, tl.trans(S), EXACT) * e_from_start
+    store_tile(dq_ptr, row, valid, dq + diagonal * k, K)
+    return q * dq
+
+
+@triton.jit
+def grad_k_from_state(v, dS, S, b_last, e_to_end, EXACT: tl.constexpr):
+    """dk's part from the gradient leaving the chunk, and e^{b_last} sum_V S * dS: the gate
+    gradient's share of everything after the chunk that does not pass through its own Delta."""
+    across = tl.exp(b_last) * tl.sum(S * dS, axis=1)
+    return mm(v, tl.trans(dS), EXACT) * e_to_end, across
+
+
+@triton.jit
+def store_dk_dg(dk, dk_inter, across, q_dq, diagonal, q, k, g, dk_ptr, dg_ptr, row, valid, gate_norm,
+                K: tl.constexpr, RAW_GATE: tl.constexpr):
+    """Stores dk (dk_inter included) and dg."""
     store_tile(dk_ptr, row, valid, dk + diagonal * q, K)
-    # The t == s terms of dq and dk cancel exactly in dG = q dq - k dk: left out of both.
-    d_gate -= k * dk
-    # Everything after the chunk: sum_V S_out * dS, with sum_V Delta * dS = sum_s k_s * dk_inter_s.
-    beyond = tl.exp(b_last) * tl.sum(S * dS, axis=1) + tl.sum(k * dk_inter, axis=0)
-    dg = tl.cumsum(d_gate, axis=0, reverse=True) + beyond[None, :]
+    # The t == s terms of dq and dk cancel exactly in dG = q dq - k dk: left out of both. Everything
+    # after the chunk: sum_V S_out * dS, with sum_V Delta * dS = sum_s k_s * dk_inter_s.
+    beyond = across + tl.sum(k * dk_inter, axis=0)
+    dg = tl.cumsum(q_dq - k * dk, axis=0, reverse=True) + beyond[None, :]
     store_tile(dg_ptr, row, valid, gate_input_grad(dg, g, row, valid, K, RAW_GATE, gate_norm), K)

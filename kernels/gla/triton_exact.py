@@ -15,7 +15,15 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_chunk import chunk_output, store_dk_dg, store_dq, store_dv, store_output
+from .triton_chunk import (
+    chunk_output,
+    diagonal_factor,
+    grad_k_from_state,
+    store_dk_dg,
+    store_dq,
+    store_dv,
+    store_output,
+)
 from .triton_intra import exact, lower
 from .triton_tiles import CHUNK, load_gate, load_tile, mm, scan_rows, state_ptrs
 
@@ -69,9 +77,11 @@ def _exact_grad_kernel(q, k, v, g, d_o, states, d_states, dq, dk, dv, dg, exact_
             S = tl.load(state_ptrs(states, i, K, V))
             dS = tl.load(state_ptrs(d_states, i, K, V))
             store_dv(A, k_c, do_c, e_to_end, dS, scale, dv, row, valid, V, EXACT)
-            d_gate, diagonal = store_dq(dq_c, q_c, k_c, v_c, do_c, e_from_start, S, scale, dq, row, valid, K, EXACT)
-            store_dk_dg(dk_c, d_gate, diagonal, q_c, k_c, v_c, g, b_last, e_to_end, S, dS, dk, dg, row, valid,
-                        gate_norm, K, RAW_GATE, EXACT)
+            diagonal = diagonal_factor(do_c, v_c, scale)
+            q_dq = store_dq(dq_c, diagonal, q_c, k_c, do_c, e_from_start, S, scale, dq, row, valid, K, EXACT)
+            dk_inter, across = grad_k_from_state(v_c, dS, S, b_last, e_to_end, EXACT)
+            store_dk_dg(dk_c + dk_inter, dk_inter, across, q_dq, diagonal, q_c, k_c, g, dk, dg, row, valid,
+                        gate_norm, K, RAW_GATE)
 
 
 @functools.cache
