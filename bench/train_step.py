@@ -616,7 +616,7 @@ def _plot(bare: list[dict], path: Path, card: str) -> None:
 
 
 # Trainer runs of the benchmark: a base run, optionally ZeRO-2 reduction settings set against their
-# per-world-size defaults (dig_scale/train/deepspeed_config.py), optionally `_<N>gpu` (default one),
+# defaults (dig_scale/train/deepspeed_config.py), optionally `_<N>gpu` (default one),
 # e.g. dig_xl2_graphed_nocontig_overlap_2gpu.
 TRAINER_RUNS = {
     "dig_xl2_graphed": ("DiG-XL/2", "train.compile=true", "train.cuda_graphs=true"),

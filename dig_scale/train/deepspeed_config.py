@@ -54,12 +54,12 @@ def build_deepspeed_config(cfg: ExperimentConfig, world_size: int, hosts: int) -
       gradient into a bucket as it is produced, one copy and ~15 lines of Python per parameter,
       and with CUDA graphs the step waits on that host work: 84 ms/step without it vs 91-95 at one
       rank (1.3 GB less memory); at two, 81 vs 92 with overlap_comm off, 88-89 vs 90-111 with it
-      on (1 GB less). Without it, DeepSpeed all-reduces whole
-      buckets instead of reducing each slice to the rank that owns it: about twice the bytes per
-      rank, cheap over one host's NVLink, not measured across hosts, where it stays on. With
-      several micro-batches it stays on as well: without the copy, DeepSpeed accumulates into the
-      gradient tensors autograd produced, which with CUDA graphs live in graph memory that the
-      next micro-batch's replay reuses.
+      on (1 GB less). Without it, DeepSpeed all-reduces whole buckets instead of reducing each
+      slice to the rank that owns it: about twice the bytes per rank, cheap over one host's
+      NVLink, not measured across hosts, where it stays on. With several micro-batches it stays
+      on as well: without the copy, DeepSpeed accumulates into the gradient tensors autograd
+      produced, which with CUDA graphs live in graph memory that the next micro-batch's replay
+      reuses.
     - overlap_comm is off on one host with CUDA graphs: there it only adds host work and device
       syncs (one rank: 93 ms/step without it vs 111; two ranks, without contiguous gradients: 81
       vs 88-89). Without graphs it pays off even at one rank (140 vs 178), and across hosts, where
