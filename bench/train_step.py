@@ -399,7 +399,8 @@ def bench_trainer(scratch: Path, data: Path, name: str, config: str, size: str, 
     if result.returncode or not metrics_file.is_file():
         entry["error"] = (result.stderr or result.stdout)[-1500:]
     else:
-        last = json.loads(metrics_file.read_text().splitlines()[-1])
+        windows = metrics_file.read_text().splitlines()
+        last = json.loads(windows[-1])
         contender = "dit" if size.startswith("DiT") else "dig"
         img_s = last["images_per_s"] / gpus  # per GPU
         log = result.stdout + result.stderr
@@ -408,7 +409,7 @@ def bench_trainer(scratch: Path, data: Path, name: str, config: str, size: str, 
         entry.update(img_per_s=img_s, ms=1e3 * batch / img_s, peak_gb=last["peak_mem_gb"], loss=last["loss"],
                      first_step_s=float(first.group(1)) if first else None,
                      startup=startup.group(0) if startup else None,
-                     first_window_img_per_s=json.loads(metrics_file.read_text().splitlines()[0])["images_per_s"],
+                     first_window_img_per_s=json.loads(windows[0])["images_per_s"],
                      data_wait=last["data_wait"],
                      mfu=flops_per_image(size.split("-")[1].split("/")[0], 256, contender) * img_s / peak)
     record(entry)
@@ -425,7 +426,7 @@ def profile_trainer_child(config: str, overrides: list[str], steps: int) -> None
     batches = iter(trainer.loader)
     batch = next(batches)
     for _ in range(3):
-        trainer.train_step([batch])
+        trainer.train_step([batch])  # compiled and captured before anything is timed
     phases = {"forward_loss": [], "backward": [], "update_guard": [], "optimizer_step": [], "ema": []}
     engine, device = trainer.engine, trainer.device
     for _ in range(steps):
@@ -447,10 +448,13 @@ def profile_trainer_child(config: str, overrides: list[str], steps: int) -> None
             phases[key].append(1e3 * (b - a))
     entry = {"section": "trainer_profile", "cuda_graphs": trainer.cfg.train.cuda_graphs,
              "phases_ms": {k: float(np.median(v)) for k, v in phases.items()}}
-    entry.update(steady_state(lambda: trainer.train_step([batch]), steps))
-    entry.update(profile_kernels(lambda: trainer.train_step([batch])))
-    entry["breakdown"] = top_ops(lambda: trainer.train_step([batch]), count=25)
-    trace_step(lambda: trainer.train_step([batch]), RESULTS.parent / "trainer_trace.json.gz")
+    def step():
+        trainer.train_step([batch])
+
+    entry.update(steady_state(step, steps))
+    entry.update(profile_kernels(step))
+    entry["breakdown"] = top_ops(step, count=25)
+    trace_step(step, RESULTS.parent / "trainer_trace.json.gz")
     record(entry)
 
 
@@ -625,6 +629,7 @@ TRAINER_RUNS = {
     "dit_xl2_graphed": ("DiT-XL/2", "train.compile=true", "train.cuda_graphs=true", "model.name=DiT-XL/2"),
     "dit_xl2_compiled": ("DiT-XL/2", "train.compile=true", "train.cuda_graphs=false", "model.name=DiT-XL/2"),
 }
+PROFILE_RUNS = ("profile", "profile_graphed")  # the trainer's phase profile, compiled / graphed
 ZERO_SETTINGS = {"contig": ("contiguous_gradients", "true"), "nocontig": ("contiguous_gradients", "false"),
                  "overlap": ("overlap_comm", "true"), "nooverlap": ("overlap_comm", "false")}
 
@@ -671,7 +676,7 @@ def main() -> int:
     parser.add_argument("--report", type=Path, nargs="+", help="results.jsonl files to turn into tables and a plot")
     args = parser.parse_args()
     for name in args.trainer_runs.split(","):
-        if name not in ("loader", "profile", "profile_graphed"):
+        if name != "loader" and name not in PROFILE_RUNS:
             try:
                 trainer_run(name)
             except ValueError as error:
@@ -723,12 +728,12 @@ def main() -> int:
         if "loader" in args.trainer_runs:
             bench_loader(data, batch, workers=8 if DEVICE == "cuda" else 0)
         for name in args.trainer_runs.split(","):  # in the order given: what matters most runs first
-            if name not in ("loader", "profile", "profile_graphed"):
+            if name != "loader" and name not in PROFILE_RUNS:
                 model, extra, gpus = trainer_run(name)
                 bench_trainer(scratch, data, name, "dig_xl2_in1k256.yaml", model, batch, steps, peak, *tiny,
                               *extra, *(["train.compile=false", "train.cuda_graphs=false"] if SMOKE else []),
                               gpus=gpus)
-            elif name in ("profile", "profile_graphed"):
+            elif name in PROFILE_RUNS:
                 graphs = name.endswith("graphed") and not SMOKE
                 overrides = trainer_overrides(scratch, name, data, batch, 10, *tiny,
                                               f"train.compile={'false' if SMOKE else 'true'}",

@@ -35,6 +35,10 @@ class ProcessPlace:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def hosts(self) -> int:
+        return self.world_size // self.local_world_size  # checked to divide (detect_place)
+
 
 def _int(env: Mapping[str, str], name: str, default: int | None = None) -> int:
     text = env.get(name)

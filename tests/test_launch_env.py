@@ -23,6 +23,7 @@ def test_launcher_environments(env, expected):
     place = detect_place(env)
     assert (place.rank, place.world_size, place.local_rank, place.local_world_size, place.launcher) == expected
     assert place.is_main == (expected[0] == 0)
+    assert place.hosts == expected[1] // expected[3]
 
 
 def test_slurm_tasks_per_node_lists():

@@ -93,8 +93,8 @@ class Trainer:
             model = model_from_config(cfg.model)
         apply_activation_checkpointing(model.blocks, cfg.model.activation_checkpointing)
         clock("model")
-        ds_config = self.checkpoints.engine_config(build_deepspeed_config(
-            cfg, self.place.world_size, hosts=self.place.world_size // self.place.local_world_size), resume)
+        ds_config = self.checkpoints.engine_config(
+            build_deepspeed_config(cfg, self.place.world_size, self.place.hosts), resume)
         trainable = [p for p in model.parameters() if p.requires_grad]
         o = cfg.optim
         optimizer = torch.optim.AdamW(trainable, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay,
