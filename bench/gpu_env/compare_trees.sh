@@ -8,7 +8,8 @@
 # on an H200). Results: OUT/{this,other}/results.jsonl and OUT/gla_{this,other}/.
 set -u
 out=${1:?usage: compare_trees.sh OUT_DIR OTHER_TREE}
-other=$(cd "${2:?usage: compare_trees.sh OUT_DIR OTHER_TREE}" && pwd)
+other=$(cd "${2:?usage: compare_trees.sh OUT_DIR OTHER_TREE}" && pwd) || exit 2
+[ -f "$other/bench/gla.py" ] || { echo "$other is not a tree of this repository (no bench/gla.py)" >&2; exit 2; }
 . bench/gpu_env/install.sh || exit 1
 export PYTHONUNBUFFERED=1 CUDA_VISIBLE_DEVICES=0
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
