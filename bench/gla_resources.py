@@ -72,7 +72,8 @@ def _variants() -> list[tuple[str, triton.JITFunction, dict, dict, dict]]:
                     {"K": K, "V": V, "P": triton_scan.SCAN_BLOCK, "REVERSE": reverse},
                     triton_scan.SCAN_LAUNCH))
         out.append((f"short state scan, {'reverse' if reverse else 'forward'}", triton_scan._short_scan_kernel,
-                    _types(triton_scan._short_scan_kernel, "*fp32"), {"K": K, "V": V, "REVERSE": reverse},
+                    _types(triton_scan._short_scan_kernel, "*fp32"),
+                    {"K": K, "V": V, "ROWS": triton_scan.SHORT_SCAN_ROWS, "REVERSE": reverse},
                     triton_scan.SHORT_SCAN_LAUNCH))
     return out
 

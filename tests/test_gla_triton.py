@@ -64,10 +64,11 @@ def test_lengths(T):
 
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("N", [2 * SCAN_BLOCK + 5, SHORT_SCAN, 3])
-def test_state_scan(reverse, N):
-    # Blocked: more chunks than one block, whose carry then crosses blocks. Step by step: few chunks.
-    # Strong and mild decays.
-    BH, K, V = 2, 16, 16
+@pytest.mark.parametrize("K", [16, 64])
+def test_state_scan(reverse, N, K):
+    # Blocked: more chunks than one block, whose carry then crosses blocks. Step by step: few chunks,
+    # the state split over programs by key rows (2 and 8 of them here). Strong and mild decays.
+    BH, V = 2, 16
     gen = torch.Generator().manual_seed(1)
     contributions = torch.randn(BH, N, K, V, generator=gen)
     log_decays = -torch.rand(BH, N, K, generator=gen) * torch.tensor([0.1, 30.0]).repeat(K // 2)

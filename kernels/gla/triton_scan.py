@@ -13,8 +13,9 @@ block is loaded at once, and the chain of dependent steps is N / P long, not N.
 
 Few chunks (DiG's 256 px step: T = 256, N = 4) and many sequences are the opposite case: there a
 block would be mostly padding and B*H*K programs each do almost nothing (a third of the GLA's GPU
-time at DiG-XL/2, 256 px, bench/results). Up to SHORT_SCAN chunks, one program per sequence walks
-its chunks one by one with the whole [K, V] state in registers.
+time at DiG-XL/2, 256 px, bench/results). Up to SHORT_SCAN chunks, a program takes SHORT_SCAN_ROWS
+key rows (all V columns) of one sequence and walks its chunks one by one with those rows of the
+state in registers.
 """
 from __future__ import annotations
 
@@ -27,7 +28,15 @@ SCAN_BLOCK = 32  # chunks per block
 # 127-128 registers, 24 KB shared memory, 4 programs per multiprocessor).
 SCAN_LAUNCH = {"num_warps": 4, "num_stages": 3}
 SHORT_SCAN = 16  # at most this many chunks: the step-by-step kernel
-SHORT_SCAN_LAUNCH = {"num_warps": 4}  # 40-43 registers, 10-12 programs per multiprocessor
+# Step by step, each sequence's state is split by key rows (each row its own recurrence): a program
+# takes 8 rows x all V columns at 2 warps (8 x 64 fp32: 8 values per thread; 32 registers, 32
+# programs per multiprocessor by bench/gla_resources.py, sm_90). At DiG-XL/2's 256 px step
+# (B*H = 576, K = 32): 2,304 programs, 4x those of one program per sequence, and 2x the warps, in
+# one wave (17 programs, 35 of 64 warps per multiprocessor on 132). 4 rows at 1 warp would need 35
+# programs per multiprocessor, past the 32 resident blocks. Accepted key dims (powers of two >= 16)
+# divide by 8.
+SHORT_SCAN_ROWS = 8
+SHORT_SCAN_LAUNCH = {"num_warps": 2, "num_stages": 1}
 
 
 @triton.jit(do_not_specialize=["n_chunks"])
@@ -59,11 +68,12 @@ def _scan_kernel(states, log_decays, n_chunks, K: tl.constexpr, V: tl.constexpr,
 
 
 @triton.jit(do_not_specialize=["n_chunks"])
-def _short_scan_kernel(states, log_decays, n_chunks, K: tl.constexpr, V: tl.constexpr, REVERSE: tl.constexpr):
+def _short_scan_kernel(states, log_decays, n_chunks, K: tl.constexpr, V: tl.constexpr, ROWS: tl.constexpr,
+                       REVERSE: tl.constexpr):
     bh = tl.program_id(0)
-    keys = tl.arange(0, K)
+    keys = tl.program_id(1) * ROWS + tl.arange(0, ROWS)
     base = bh.to(tl.int64) * n_chunks
-    carry = tl.zeros([K, V], dtype=tl.float32)
+    carry = tl.zeros([ROWS, V], dtype=tl.float32)
     for step in range(0, n_chunks):
         chunk = n_chunks - 1 - step if REVERSE else step
         ptrs = states + ((base + chunk) * K + keys)[:, None] * V + tl.arange(0, V)[None, :]
@@ -78,8 +88,8 @@ def scan_states(contributions: torch.Tensor, log_decays: torch.Tensor, reverse: 
     each chunk (forward) or the gradient w.r.t. the state leaving it (reverse); returns it."""
     BH, N, K, V = contributions.shape
     if N <= SHORT_SCAN:
-        _short_scan_kernel[(BH,)](contributions, log_decays, N, K=K, V=V, REVERSE=reverse,
-                                  **SHORT_SCAN_LAUNCH)
+        _short_scan_kernel[(BH, K // SHORT_SCAN_ROWS)](contributions, log_decays, N, K=K, V=V, ROWS=SHORT_SCAN_ROWS,
+                                                       REVERSE=reverse, **SHORT_SCAN_LAUNCH)
         return contributions
     _scan_kernel[(BH, K)](contributions, log_decays, N, K=K, V=V, P=SCAN_BLOCK, REVERSE=reverse, **SCAN_LAUNCH)
     return contributions
