@@ -41,10 +41,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn as nn
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -234,6 +236,25 @@ def top_ops(step, count: int = 15) -> dict:
             "top_host": [(e.key[:90], round(e.self_cpu_time_total / 1e3, 3), e.count) for e in host[:count]]}
 
 
+def plain_step(model: nn.Module, res: int, batch: int) -> Callable[[], None]:
+    """One training step as a plain PyTorch user writes it, on fixed random latents: fp32 weights,
+    bf16 autocast, the diffusion loss, fused AdamW."""
+    diffusion = create_diffusion(1000, True)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
+    x = torch.randn(batch, 4, res // 8, res // 8, device=DEVICE)
+    y = torch.randint(0, 1000, (batch,), device=DEVICE)
+
+    def step() -> None:
+        t = torch.randint(0, 1000, (batch,), device=DEVICE)
+        with torch.autocast(DEVICE, torch.bfloat16):
+            loss = diffusion.training_losses(model, x, t, model_kwargs={"y": y})["loss"].mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
 def bench_bare(size: str, res: int, batch: int, contender: str, peak: float, kernels: bool) -> None:
     torch.manual_seed(0)
     entry = {"section": "bare", "model": size, "res": res, "batch": batch, "contender": contender}
@@ -242,21 +263,12 @@ def bench_bare(size: str, res: int, batch: int, contender: str, peak: float, ker
         graphed = contender.endswith("graphed")
         if "compiled" in contender or graphed:
             compile_blocks(model, cuda_graphs=graphed)
-        diffusion = create_diffusion(1000, True)
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=1e-4, fused=True)
-        x = torch.randn(batch, 4, res // 8, res // 8, device=DEVICE)
-        y = torch.randint(0, 1000, (batch,), device=DEVICE)
+        train = plain_step(model, res, batch)
 
         def step():
             if graphed:
                 mark_step()
-            t = torch.randint(0, 1000, (batch,), device=DEVICE)
-            with torch.autocast(DEVICE, torch.bfloat16):
-                loss = diffusion.training_losses(model, x, t, model_kwargs={"y": y})["loss"].mean()
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            train()
 
         start = time.perf_counter()
         step()
@@ -275,7 +287,7 @@ def bench_bare(size: str, res: int, batch: int, contender: str, peak: float, ker
     except Exception as e:  # one failed contender must not cost the rest of the run
         entry["error"] = f"{type(e).__name__}: {str(e)[:300]}"
     record(entry)
-    model = optimizer = None
+    model = train = step = None
     gc.collect()
     if DEVICE == "cuda":
         torch.cuda.empty_cache()
@@ -288,32 +300,23 @@ def peak_memory(family: str, size: str, res: int, batch: int, policy: str) -> fl
     they sit in memory through every forward and backward, so only later steps show the peak a
     training run has (affine in images and tokens; the first step's is not, its optimizer step is
     the peak at small batches)."""
-    model = optimizer = None
+    model = step = None
     try:
         with torch.device(DEVICE):  # a GPU draws an XL model's weights in well under a second
             model = create_model(f"{family}-{size}/2", input_size=res // 8, **SMOKE)
         apply_activation_checkpointing(model.blocks, policy)
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], fused=True)
-        diffusion = create_diffusion(1000, True)
-        x = torch.randn(batch, 4, res // 8, res // 8, device=DEVICE)
-        y = torch.randint(0, 1000, (batch,), device=DEVICE)
-        for warmup in (True, False):
-            sync()
-            if DEVICE == "cuda" and not warmup:
-                torch.cuda.reset_peak_memory_stats()
-            t = torch.randint(0, 1000, (batch,), device=DEVICE)
-            with torch.autocast(DEVICE, torch.bfloat16):
-                loss = diffusion.training_losses(model, x, t, model_kwargs={"y": y})["loss"].mean()
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            loss = None
+        step = plain_step(model, res, batch)
+        step()
+        sync()
+        if DEVICE == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        step()
         sync()
         return torch.cuda.max_memory_allocated() / 1e9 if DEVICE == "cuda" else 0.0
     except torch.OutOfMemoryError:
         return None
     finally:
-        model = optimizer = None
+        model = step = None
         gc.collect()
         if DEVICE == "cuda":
             torch.cuda.empty_cache()
