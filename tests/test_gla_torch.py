@@ -127,6 +127,15 @@ def test_differentiating_a_forward_that_kept_nothing_says_so():
         out.sum().backward()
 
 
+def test_states_and_norm_input_are_handed_over_not_differentiated():
+    q, k, v, g = (x.requires_grad_() for x in random_gla_inputs(1, 12, 2, 8, 8))
+    gate, weight = torch.randn_like(v, requires_grad=True), torch.ones(8, dtype=torch.float64, requires_grad=True)
+    out, states, o_pre = torch.ops.dig_kernels.gla(q, k, v, g, gate, weight, 0.3, 4.0, 1e-6, 0, 3, 4, "torch", True)
+    assert out.requires_grad and not states.requires_grad and not o_pre.requires_grad
+    out.sum().backward()  # the backward is handed no gradient for them (None, not zero-filled tensors)
+    assert all(x.grad is not None for x in (q, k, v, g, gate, weight))
+
+
 def test_op_compiles_as_one_node_and_passes_opcheck():
     q, k, v, g = (x.float().requires_grad_() for x in random_gla_inputs(1, 20, 2, 8, 8))
     gate, weight = torch.randn_like(v, requires_grad=True), torch.ones(8, requires_grad=True)

@@ -128,6 +128,11 @@ def _setup_context(ctx, inputs, output):
     q, k, v, g, output_gate, norm_weight, *ctx.arguments, _save = inputs
     _, states, o_pre = output
     ctx.save_for_backward(q, k, v, g, output_gate, norm_weight, states, o_pre)
+    # states and o_pre are handed to the backward, not differentiated; without this, eager
+    # autograd would pass the backward a zero-filled "gradient" for each (128 B per head-token at
+    # DiG's shapes, each), allocated and written for nothing.
+    ctx.mark_non_differentiable(states, o_pre)
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, d_out, _d_states, _d_o_pre):
