@@ -95,6 +95,20 @@ def test_dit_attention_matches_explicit_softmax():
     assert isinstance(model, DiT)
 
 
+def test_swiglu_gate_derivatives_and_autograd_reference():
+    from dig_scale.models.dig import _SiLUGate
+
+    gate_value = torch.randn(3, 5, 2 * 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_SiLUGate.apply, (gate_value,))
+    gate, value = gate_value.chunk(2, dim=-1)
+    torch.testing.assert_close(_SiLUGate.apply(gate_value), torch.nn.functional.silu(gate) * value)
+    low = gate_value.detach().bfloat16().requires_grad_()  # bf16: gradients in bf16, computed in fp32
+    _SiLUGate.apply(low).sum().backward()
+    expected = torch.autograd.grad((torch.nn.functional.silu(gate) * value).sum(), gate_value)[0]
+    assert low.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(low.grad.double(), expected, rtol=2e-2, atol=2e-2)
+
+
 def test_forward_with_cfg_guides_noise_channels():
     torch.manual_seed(0)
     model = tiny()

@@ -31,6 +31,29 @@ def swiglu_hidden_size(hidden_size: int) -> int:
     return 256 * -(-(8 * hidden_size // 3) // 256)
 
 
+class _SiLUGate(torch.autograd.Function):
+    """silu(gate) * value of [gate | value], keeping only that input for the backward: autograd's
+    own ops would keep silu(gate) as well, a third more of the MLP's saved activations. The
+    derivatives are computed in at least float32 and rounded once, as PyTorch's silu backward does."""
+
+    @staticmethod
+    def forward(ctx, gate_value: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(gate_value)
+        gate, value = gate_value.chunk(2, dim=-1)
+        return F.silu(gate) * value
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (gate_value,) = ctx.saved_tensors
+        compute = torch.promote_types(gate_value.dtype, torch.float32)  # float64 stays float64
+        gate, value = gate_value.to(compute).chunk(2, dim=-1)
+        grad = grad.to(compute)
+        sigmoid = torch.sigmoid(gate)
+        d_gate = grad * value * sigmoid * (1 + gate * (1 - sigmoid))
+        d_value = grad * gate * sigmoid
+        return torch.cat([d_gate, d_value], dim=-1).to(gate_value.dtype)
+
+
 class SwiGLU(nn.Module):
     def __init__(self, hidden_size: int, mlp_hidden_size: int):
         super().__init__()
@@ -38,8 +61,7 @@ class SwiGLU(nn.Module):
         self.down_proj = nn.Linear(mlp_hidden_size, hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, value = self.gate_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * value)
+        return self.down_proj(_SiLUGate.apply(self.gate_proj(x)))
 
 
 def depthwise_conv_tokens(x: torch.Tensor, conv: nn.Conv2d, grid: tuple[int, int]) -> torch.Tensor:
