@@ -302,7 +302,7 @@ def peak_memory(family: str, size: str, res: int, batch: int, policy: str) -> fl
     the peak at small batches)."""
     model = step = None
     try:
-        with torch.device(DEVICE):  # a GPU draws an XL model's weights in well under a second
+        with torch.device(DEVICE):  # on the CPU every XL build took about 7 s (call 15 ran out of time)
             model = create_model(f"{family}-{size}/2", input_size=res // 8, **SMOKE)
         apply_activation_checkpointing(model.blocks, policy)
         step = plain_step(model, res, batch)

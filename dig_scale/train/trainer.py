@@ -87,8 +87,8 @@ class Trainer:
         notes += on_main_rank(lambda: self.run_dir.record_config(cfg, resumed_config))
 
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        # Built where it trains: a GPU draws the initial weights in milliseconds, where every rank's
-        # CPU took seconds (6.7-9.3 s for DiG-XL/2 on an H200 host) and a host copy of them.
+        # Built where it trains: the device draws the initial weights, not every rank's CPU (6.7-9.3 s
+        # for DiG-XL/2 on an H200 host) followed by a host-to-device copy.
         with self.device:
             model = model_from_config(cfg.model)
         apply_activation_checkpointing(model.blocks, cfg.model.activation_checkpointing)
