@@ -43,7 +43,9 @@ def _types(kernel, gate_type: str) -> dict:
             return "*fp32"
         if name in ("g", "dg"):
             return gate_type
-        return "i32" if name in ("T", "H", "rev", "col_h", "col_w", "n_chunks", "total") else "*bf16"
+        if name in ("T", "H", "rev", "col_h", "col_w", "n_chunks", "total") or name.endswith("_stride"):
+            return "i32"
+        return "*bf16"
     return {name: kind(name) for name in kernel.arg_names}
 
 
@@ -80,9 +82,10 @@ def _variants() -> list[tuple[str, triton.JITFunction, dict, dict, dict]]:
 
 def compile_kernel(kernel, types: dict, constexprs: dict, launch: dict, arch: int):
     signature = {name: ("constexpr" if name in constexprs else types[name]) for name in kernel.arg_names}
-    # As a launch with freshly allocated tensors specialises: pointers 16-byte aligned.
+    # As a launch with freshly allocated tensors specialises: pointers 16-byte aligned; and the
+    # inputs' row strides multiples of 16 (contiguous: H*D; the model's fused projection: its width, 3472 at XL).
     aligned = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(kernel.arg_names)
-               if signature[name].startswith("*")}
+               if signature[name].startswith("*") or name.endswith("_stride")}
     source = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=aligned)
     return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=dict(launch))
 

@@ -146,6 +146,32 @@ def test_fused_gated_rms_norm(raw_gate):
                    (q, k, v, g, gate, weight), tol=1e-5)
 
 
+@pytest.mark.parametrize("order, grid", [(ScanOrder.ROW_FORWARD, (5, 13)), (ScanOrder.COL_REVERSE, (13, 5))])
+def test_strided_views_are_read_in_place(order, grid):
+    # q, k, v, gate logits and output gate as column slices of one wider tensor, as DiG's fused
+    # projection makes them (odd row stride, odd T: the last chunk has one token). The kernels read
+    # them in place and give what contiguous copies give, output and every gradient. One chunk
+    # decays strongly (one channel of one head): the exact path reads strided inputs too.
+    from kernels.gla.triton_backend import readable_in_place
+
+    B, H, K, V, T = 2, 2, 16, 32, grid[0] * grid[1]
+    widths = [H * K, H * K, H * V, H * K, H * V, 3]
+    wide = torch.randn(B, T, sum(widths), generator=torch.Generator().manual_seed(15))
+    wide[:, :CHUNK, 2 * H * K + H * V + K + 5] = -40.0  # a gate logit of head 1: logsigmoid / 16 = -2.5 per step
+    weight = torch.rand(V) + 0.5
+
+    def fn(wide, copy):
+        *views, _ = wide.split(widths, dim=-1)
+        inputs = [x.view(B, T, H, -1).contiguous() if copy else x.view(B, T, H, -1) for x in views]
+        assert all(readable_in_place(x) for x in inputs) and copy == inputs[0].is_contiguous()
+        return scan_gla(*inputs[:4], order, grid, backend="triton", gate_logit_normalizer=16.0,
+                        output_gate=inputs[4], norm_weight=weight)
+
+    out, (grad,) = outputs_and_grads(lambda x: fn(x, False), [wide.to(DEVICE)])
+    ref, (ref_grad,) = outputs_and_grads(lambda x: fn(x, True), [wide.to(DEVICE)])
+    assert torch.equal(out, ref) and torch.equal(grad, ref_grad)
+
+
 def test_inference_keeps_nothing_and_matches():
     q, k, v, g = (x.to(DEVICE) for x in gla_inputs(1, 99, 2, seed=14))
     gate, weight = torch.randn_like(v), torch.ones(64, device=DEVICE)

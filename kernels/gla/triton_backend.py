@@ -39,19 +39,35 @@ def _check(q: torch.Tensor, v: torch.Tensor) -> None:
                          "(use backend='torch')")
 
 
-def _contiguous(*xs):
-    return tuple(None if x is None else x.contiguous() for x in xs)
+def readable_in_place(x: torch.Tensor) -> bool:
+    """Whether the kernels read the [B, T, H, D] tensor x where it is (triton_tiles.tile_ptrs):
+    unit stride along D, heads packed (stride D), and the tokens of all sequences evenly spaced
+    (dim 0's stride T times dim 1's, which is free), as in column slices of one wider projection's
+    output. Strides of dims of size 1 do not matter."""
+    B, T, H, D = x.shape
+    token = x.stride(1)
+    wanted = (T * token, token, D, 1)
+    return all(size == 1 or stride == want for size, stride, want in zip(x.shape, x.stride(), wanted))
+
+
+def _in_place(x: torch.Tensor | None) -> torch.Tensor | None:
+    """x itself where the kernels can read it in place, else a contiguous copy."""
+    return x if x is None or readable_in_place(x) else x.contiguous()
+
+
+def _inputs(q, k, v, g, output_gate, norm_weight):
+    return (*map(_in_place, (q, k, v, g, output_gate)), None if norm_weight is None else norm_weight.contiguous())
 
 
 def _forward(q, k, v, g, output_gate, norm_weight, scale, normalizer, eps, order, height, width, save):
     _check(q, v)
-    return triton_forward.forward(*_contiguous(q, k, v, g, output_gate, norm_weight), scale, normalizer, eps,
+    return triton_forward.forward(*_inputs(q, k, v, g, output_gate, norm_weight), scale, normalizer, eps,
                                   order_arguments(order, height, width), save)
 
 
 def _backward(q, k, v, g, output_gate, norm_weight, states, o_pre, d_out, scale, normalizer, eps, order, height,
               width):
-    return triton_backward.backward(*_contiguous(q, k, v, g, output_gate, norm_weight), states, o_pre,
+    return triton_backward.backward(*_inputs(q, k, v, g, output_gate, norm_weight), states, o_pre,
                                     d_out.contiguous(), scale, normalizer, eps, order_arguments(order, height, width))
 
 

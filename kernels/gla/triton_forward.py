@@ -20,7 +20,7 @@ from . import triton_exact
 from .triton_chunk import chunk_output, store_output
 from .triton_intra import fast_factors, fast_scores, needs_exact
 from .triton_scan import scan_states
-from .triton_tiles import CHUNK, chunk_program, load_gate, load_tile, mm, scan_rows, state_ptrs
+from .triton_tiles import CHUNK, chunk_program, load_gate, load_tile, mm, scan_rows, state_ptrs, token_strides
 
 # Launch settings at DiG's head dims (key 32, value 64): registers per thread without spills,
 # and programs per multiprocessor, from bench/gla_resources.py (sm_90).
@@ -31,38 +31,42 @@ RUNTIME_SIZES = ["T", "H", "rev", "col_h", "col_w"]
 
 
 @triton.jit(do_not_specialize=RUNTIME_SIZES)
-def _summary_kernel(k, v, g, contributions, log_decays, T, H, rev, col_h, col_w, gate_norm,
-                    K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, RAW_GATE: tl.constexpr, EXACT: tl.constexpr):
+def _summary_kernel(k, v, g, k_stride, v_stride, g_stride, contributions, log_decays, T, H, rev, col_h, col_w,
+                    gate_norm, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, RAW_GATE: tl.constexpr,
+                    EXACT: tl.constexpr):
     n, bh, index = chunk_program(T, C)
-    row, valid = scan_rows(bh // H, bh % H, n, T, H, rev, col_h, col_w, C)
-    k_c = load_tile(k, row, valid, K)
-    v_c = load_tile(v, row, valid, V)
-    g_c = load_gate(g, row, valid, K, RAW_GATE, gate_norm)
+    h = bh % H
+    row, valid = scan_rows(bh // H, n, T, rev, col_h, col_w, C)
+    k_c = load_tile(k, k_stride, row, h, valid, K)
+    v_c = load_tile(v, v_stride, row, h, valid, V)
+    g_c = load_gate(g, g_stride, row, h, valid, K, RAW_GATE, gate_norm)
     to_end = tl.exp(tl.cumsum(g_c, axis=0, reverse=True) - g_c)  # e^{b_last - b}, summed from the end
     tl.store(state_ptrs(contributions, index, K, V), mm(tl.trans(k_c * to_end), v_c, EXACT))
     tl.store(log_decays + index.to(tl.int64) * K + tl.arange(0, K), tl.sum(g_c, axis=0))
 
 
 @triton.jit(do_not_specialize=RUNTIME_SIZES)
-def _output_kernel(q, k, v, g, z, w, states, out, o_pre, exact_flags, T, H, rev, col_h, col_w, scale, gate_norm,
-                   eps, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, RAW_GATE: tl.constexpr,
-                   NORM: tl.constexpr, SAVE: tl.constexpr, EXACT: tl.constexpr):
+def _output_kernel(q, k, v, g, z, q_stride, k_stride, v_stride, g_stride, z_stride, w, states, out, o_pre,
+                   exact_flags, T, H, rev, col_h, col_w, scale, gate_norm, eps, K: tl.constexpr, V: tl.constexpr,
+                   C: tl.constexpr, RAW_GATE: tl.constexpr, NORM: tl.constexpr, SAVE: tl.constexpr,
+                   EXACT: tl.constexpr):
     n, bh, index = chunk_program(T, C)
-    row, valid = scan_rows(bh // H, bh % H, n, T, H, rev, col_h, col_w, C)
-    g_c = load_gate(g, row, valid, K, RAW_GATE, gate_norm)
+    h = bh % H
+    row, valid = scan_rows(bh // H, n, T, rev, col_h, col_w, C)
+    g_c = load_gate(g, g_stride, row, h, valid, K, RAW_GATE, gate_norm)
     b = tl.cumsum(g_c, axis=0)
     b_last = tl.sum(g_c, axis=0)
     flagged = needs_exact(b_last)
     tl.store(exact_flags + index, flagged.to(tl.int8))
     if not flagged:
-        q_c = load_tile(q, row, valid, K)
-        k_c = load_tile(k, row, valid, K)
-        v_c = load_tile(v, row, valid, V)
+        q_c = load_tile(q, q_stride, row, h, valid, K)
+        k_c = load_tile(k, k_stride, row, h, valid, K)
+        v_c = load_tile(v, v_stride, row, h, valid, V)
         e_from_start = tl.exp(b)
         e_q, e_k = fast_factors(e_from_start, tl.exp(b_last[None, :] - b), b_last)
         A = fast_scores(q_c, k_c, e_q, e_k, C, EXACT)
         o = chunk_output(q_c, v_c, A, e_from_start, tl.load(state_ptrs(states, index, K, V)), scale, EXACT)
-        store_output(o, z, w, out, o_pre, row, valid, eps, V, NORM, SAVE)
+        store_output(o, z, z_stride, w, out, o_pre, row, h, H, valid, eps, V, NORM, SAVE)
 
 
 def flags(q: torch.Tensor, v: torch.Tensor, gate_norm: float) -> dict:
@@ -73,24 +77,24 @@ def flags(q: torch.Tensor, v: torch.Tensor, gate_norm: float) -> dict:
 
 def forward(q, k, v, g, output_gate, norm_weight, scale: float, gate_norm: float, norm_eps: float,
             order_args: tuple[int, int, int], save: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(out, states, o_pre) of the op (see op.py) over contiguous tensors; order_args from
-    `triton_backend.order_arguments`."""
+    """(out, states, o_pre) of the op (see op.py) over inputs in the layout triton_backend checks
+    (out and o_pre contiguous); order_args from `triton_backend.order_arguments`."""
     B, T, H, K = q.shape
     V = v.shape[-1]
     n_chunks = triton.cdiv(T, CHUNK)
     grid = (B * H * n_chunks,)  # one axis: triton_tiles.chunk_program
     states = q.new_empty(B * H, n_chunks, K, V, dtype=torch.float32)  # first each chunk's Delta
     log_decays = q.new_empty(B * H, n_chunks, K, dtype=torch.float32)
-    _summary_kernel[grid](k, v, g, states, log_decays, T, H, *order_args, gate_norm,
+    _summary_kernel[grid](k, v, g, *token_strides(k, v, g), states, log_decays, T, H, *order_args, gate_norm,
                           **flags(q, v, gate_norm), **SUMMARY_LAUNCH)
     scan_states(states, log_decays, reverse=False)
     norm = output_gate is not None
-    out = torch.empty_like(v)
-    o_pre = torch.empty_like(v) if save and norm else v.new_empty(0)
+    out = v.new_empty(v.shape)  # contiguous, whatever v's strides
+    o_pre = v.new_empty(v.shape) if save and norm else v.new_empty(0)
     exact_flags = q.new_empty(B * H, n_chunks, dtype=torch.int8)
-    _output_kernel[grid](q, k, v, g, output_gate, norm_weight, states, out, o_pre, exact_flags, T, H, *order_args,
-                         scale, gate_norm, norm_eps, NORM=norm, SAVE=save and norm, **flags(q, v, gate_norm),
-                         **OUTPUT_LAUNCH)
+    _output_kernel[grid](q, k, v, g, output_gate, *token_strides(q, k, v, g, output_gate), norm_weight, states, out,
+                         o_pre, exact_flags, T, H, *order_args, scale, gate_norm, norm_eps, NORM=norm,
+                         SAVE=save and norm, **flags(q, v, gate_norm), **OUTPUT_LAUNCH)
     triton_exact.complete_forward(q, k, v, g, output_gate, norm_weight, states, out, o_pre, exact_flags, scale,
                                   gate_norm, norm_eps, order_args)
     return out, states, o_pre

@@ -1,10 +1,13 @@
 """Device-side building blocks of the Triton GLA kernels: chunk tiles read in scan order, gates,
 matrix products at the precision each one needs, and the gated RMSNorm.
 
-A chunk is CHUNK consecutive *scan* steps; `scan_rows` maps them to rows of the raster-ordered
-[B, T, H, D] tensors by index arithmetic, so every scan order is read in place. Tiles live in
-registers as float32; matrix products take bfloat16 (`mm`) or tf32 (`mm_fine`) operands with
-float32 accumulation on the GPU, and exact float32 ones for float32 inputs.
+A chunk is CHUNK consecutive *scan* steps; `scan_rows` maps them to rows (tokens) of the
+raster-ordered [B, T, H, D] tensors by index arithmetic, so every scan order is read in place.
+Each tensor is B*T rows of packed heads with a row stride of its own: element (b, t, h, d) at
+(b*T + t) * stride + h*D + d (`tile_ptrs`). So the inputs can be strided views, such as column
+slices of one projection's output; what the kernels write is contiguous (row stride H*D). Tiles
+live in registers as float32; matrix products take bfloat16 (`mm`) or tf32 (`mm_fine`) operands
+with float32 accumulation on the GPU, and exact float32 ones for float32 inputs.
 """
 from __future__ import annotations
 
@@ -32,31 +35,41 @@ def chunk_program(T, C: tl.constexpr):
 
 
 @triton.jit
-def scan_rows(b, h, n, T, H, rev, col_h, col_w, C: tl.constexpr):
-    """Flat row index ((b*T + token)*H + h, int64) of scan steps n*C .. n*C+C-1, and which of
-    them exist. Row orders pass col_h=1, col_w=T; column orders the grid's (height, width)."""
+def scan_rows(b, n, T, rev, col_h, col_w, C: tl.constexpr):
+    """Row (flat token index b*T + token, int64) of scan steps n*C .. n*C+C-1 of sequence b, and
+    which of them exist. Row orders pass col_h=1, col_w=T; column orders the grid's (height, width)."""
     step = n * C + tl.arange(0, C)
     valid = step < T
     s = tl.where(rev != 0, T - 1 - step, step)
     s = tl.where(valid, s, 0)
     token = (s % col_h) * col_w + s // col_h
-    return (b.to(tl.int64) * T + token) * H + h, valid
+    return b.to(tl.int64) * T + token, valid
 
 
 @triton.jit
-def load_tile(ptr, row, valid, D: tl.constexpr):
-    """[C, D] tile of a [B, T, H, D] tensor; rows past the end read as 0."""
-    cols = tl.arange(0, D)
-    x = tl.load(ptr + row[:, None] * D + cols[None, :], mask=valid[:, None], other=0.0)
+def tile_ptrs(ptr, stride, row, h, D: tl.constexpr):
+    """Pointers to head h's [C, D] tile of the rows `row` of a tensor with row stride `stride`."""
+    return ptr + row[:, None] * stride + h * D + tl.arange(0, D)[None, :]
+
+
+def token_strides(*xs) -> tuple[int, ...]:
+    """The row stride of each input a kernel reads, for `tile_ptrs`: dim 1's of a [B, T, H, D]
+    tensor in the layout triton_backend checks; 0 for an absent one."""
+    return tuple(0 if x is None else x.stride(1) for x in xs)
+
+
+@triton.jit
+def load_tile(ptr, stride, row, h, valid, D: tl.constexpr):
+    """[C, D] tile of head h of a [B, T, H, D] tensor; rows past the end read as 0."""
+    x = tl.load(tile_ptrs(ptr, stride, row, h, D), mask=valid[:, None], other=0.0)
     if INTERPRET:
         x = x.to(tl.float32)
     return x
 
 
 @triton.jit
-def store_tile(ptr, row, valid, x, D: tl.constexpr):
-    cols = tl.arange(0, D)
-    tl.store(ptr + row[:, None] * D + cols[None, :], x.to(ptr.dtype.element_ty), mask=valid[:, None])
+def store_tile(ptr, stride, row, h, valid, x, D: tl.constexpr):
+    tl.store(tile_ptrs(ptr, stride, row, h, D), x.to(ptr.dtype.element_ty), mask=valid[:, None])
 
 
 @triton.jit
@@ -66,19 +79,19 @@ def state_ptrs(base, index, K: tl.constexpr, V: tl.constexpr):
 
 
 @triton.jit
-def load_gate(g, row, valid, K: tl.constexpr, RAW_GATE: tl.constexpr, gate_norm):
+def load_gate(g, stride, row, h, valid, K: tl.constexpr, RAW_GATE: tl.constexpr, gate_norm):
     """Log-space gates of a chunk: loaded as they are, or logsigmoid(x) / gate_norm of raw logits x."""
-    x = load_tile(g, row, valid, K).to(tl.float32)
+    x = load_tile(g, stride, row, h, valid, K).to(tl.float32)
     if RAW_GATE:
         x = tl.where(valid[:, None], (tl.minimum(x, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(x)))) / gate_norm, 0.0)
     return x
 
 
 @triton.jit
-def gate_input_grad(dg, g, row, valid, K: tl.constexpr, RAW_GATE: tl.constexpr, gate_norm):
+def gate_input_grad(dg, g, stride, row, h, valid, K: tl.constexpr, RAW_GATE: tl.constexpr, gate_norm):
     """Chain rule through `load_gate`: d logsigmoid(x)/dx = sigmoid(-x) = 1 / (1 + e^x)."""
     if RAW_GATE:
-        dg = dg / ((1.0 + tl.exp(load_tile(g, row, valid, K).to(tl.float32))) * gate_norm)
+        dg = dg / ((1.0 + tl.exp(load_tile(g, stride, row, h, valid, K).to(tl.float32))) * gate_norm)
     return dg
 
 
