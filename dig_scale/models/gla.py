@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from kernels.gla import ScanOrder, chunk_length, resolve_backend, scan_gla
 
@@ -64,14 +65,22 @@ class GatedLinearAttention(nn.Module):
         """x: (N, T, D) in raster order over `grid` -> (N, T, D)."""
         N, T, _ = x.shape
         if torch.is_autocast_enabled(x.device.type):
-            # Five projections read x: autocast would cast it, and keep the copy for the backward,
-            # once per projection. One cast, shared, is the same values in a fifth of the memory.
+            # One cast of x, kept for the backward. (Separate projections each cast x and kept a
+            # copy; the one matmul below would also cast it only once.)
             x = x.to(torch.get_autocast_dtype(x.device.type))
+        # The five projections of x as one matmul over their weights concatenated on the fly (the
+        # parameters stay as they are), split into views of its output. q, k, v and the output
+        # gate go to the op as column slices: the Triton kernels read them in place (row stride:
+        # the total width, 3472 at XL). The concatenated weight is a new tensor at every call,
+        # kept for the backward (8 MB per layer at XL in bf16); under autocast it takes the place
+        # of the five projections' weight casts.
+        projections = (self.q_proj, self.k_proj, self.v_proj, self.g_proj, self.gk_proj[0])
+        fused = F.linear(x, torch.cat([p.weight for p in projections]))
+        q, k, v, output_gate, gate_low_rank = fused.split([p.out_features for p in projections], dim=-1)
         heads = lambda y: y.view(N, T, self.num_heads, -1)  # noqa: E731
-        q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
         # The op applies logsigmoid / normalizer to the raw gate logits (summing the gates in
         # fp32) and the gated RMSNorm to its output: no extra passes over (N, T, D).
-        o = scan_gla(q, k, v, heads(self.gk_proj(x)), order, grid, backend=self.backend,
-                     gate_logit_normalizer=self.gate_logit_normalizer, output_gate=heads(self.g_proj(x)),
-                     norm_weight=self.out_norm.weight, norm_eps=self.out_norm.eps)
+        o = scan_gla(heads(q), heads(k), heads(v), heads(self.gk_proj[1](gate_low_rank)), order, grid,
+                     backend=self.backend, gate_logit_normalizer=self.gate_logit_normalizer,
+                     output_gate=heads(output_gate), norm_weight=self.out_norm.weight, norm_eps=self.out_norm.eps)
         return self.o_proj(o.reshape(N, T, -1))
