@@ -44,7 +44,7 @@ from .triton_tiles import (
     token_strides,
 )
 
-GRAD_SUMMARY_LAUNCH = {"num_warps": 8, "num_stages": 1}  # 122 registers with the norm, 2 programs
+GRAD_SUMMARY_LAUNCH = {"num_warps": 8, "num_stages": 1}  # 124 registers with the norm, 2 programs
 GRAD_QKG_LAUNCH = {"num_warps": 4, "num_stages": 1}  # 255 registers, 2 programs
 GRAD_V_LAUNCH = {"num_warps": 4, "num_stages": 1}  # 122 registers, 4 programs
 
