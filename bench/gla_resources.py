@@ -60,6 +60,8 @@ def _variants() -> list[tuple[str, triton.JITFunction, dict, dict, dict]]:
         for name, kernel, extra, launch in (
                 ("forward summary", triton_forward._summary_kernel, {}, triton_forward.SUMMARY_LAUNCH),
                 ("forward output", triton_forward._output_kernel, with_norm, triton_forward.OUTPUT_LAUNCH),
+                ("short forward (at most 4 chunks)", triton_forward._short_forward_kernel, with_norm,
+                 triton_forward.SHORT_FORWARD_LAUNCH),
                 ("backward summary", triton_backward._grad_summary_kernel, {"NORM": raw},
                  triton_backward.GRAD_SUMMARY_LAUNCH),
                 ("backward dq dk dg", triton_backward._grad_qkg_kernel, {}, triton_backward.GRAD_QKG_LAUNCH),

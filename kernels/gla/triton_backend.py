@@ -18,8 +18,9 @@ _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # Every kernel this backend launches, by the name profilers report (bench/ attributes GPU time with it).
 KERNEL_NAMES = tuple(kernel.fn.__name__ for kernel in (
     triton_forward._summary_kernel, triton_scan._scan_kernel, triton_scan._short_scan_kernel,
-    triton_forward._output_kernel, triton_exact._exact_output_kernel, triton_backward._grad_summary_kernel,
-    triton_backward._grad_qkg_kernel, triton_backward._grad_v_kernel, triton_exact._exact_grad_kernel))
+    triton_forward._output_kernel, triton_forward._short_forward_kernel, triton_exact._exact_output_kernel,
+    triton_backward._grad_summary_kernel, triton_backward._grad_qkg_kernel, triton_backward._grad_v_kernel,
+    triton_exact._exact_grad_kernel))
 
 
 def order_arguments(order: ScanOrder, height: int, width: int) -> tuple[int, int, int]:
