@@ -132,18 +132,50 @@ def test_fused_gate_activation():
 
 
 @pytest.mark.parametrize("raw_gate", [False, True])
-def test_fused_gated_rms_norm(raw_gate):
-    q, k, v, g = gla_inputs(2, 99, 2, seed=9)
+@pytest.mark.parametrize("order, grid", [(ScanOrder.COL_REVERSE, (11, 9)), (ScanOrder.ROW_FORWARD, (11, 9)),
+                                         (ScanOrder.COL_FORWARD, (13, 20))])
+def test_fused_gated_rms_norm(raw_gate, order, grid):
+    # T = 99: one program per sequence-head for the whole forward (triton_forward.SHORT_FORWARD);
+    # T = 260 (5 chunks): the three per-chunk launches.
+    q, k, v, g = gla_inputs(2, grid[0] * grid[1], 2, seed=9)
     gen = torch.Generator().manual_seed(10)
     if raw_gate:
         g = torch.randn(g.shape, generator=gen) * 4.0
     gate, weight = torch.randn(v.shape, generator=gen), 1.0 + 0.5 * torch.randn(v.shape[-1], generator=gen)
     options = {"gate_logit_normalizer": 16.0 if raw_gate else None, "norm_eps": 1e-5}
-    order, grid = ScanOrder.COL_REVERSE, (11, 9)
     assert_matches(lambda q, k, v, g, z, w: scan_gla(q, k, v, g, order, grid, backend="triton", output_gate=z,
                                                      norm_weight=w, **options),
                    lambda q, k, v, g, z, w: naive_gla(q, k, v, g, order, grid, output_gate=z, norm_weight=w, **options),
                    (q, k, v, g, gate, weight), tol=1e-5)
+
+
+@pytest.mark.parametrize("order, grid", [(ScanOrder.ROW_REVERSE, (12, 21)), (ScanOrder.COL_FORWARD, (12, 21))])
+def test_short_forward_matches_the_per_chunk_kernels(order, grid, monkeypatch):
+    # Up to SHORT_FORWARD chunks the forward is one program per sequence-head; forced off, the same
+    # call takes the summary, the scan and the output kernel. The same products in the same order:
+    # out, the saved o and states, bit for bit in the interpreter. T = 252: four chunks, the last
+    # one partial; gate logits and the gated norm as DiG calls it, and one channel of one head
+    # decaying strongly over the second chunk (flagged, then completed by triton_exact).
+    from kernels.gla import triton_forward
+    from kernels.gla.triton_backend import order_arguments
+
+    B, H, T = 2, 2, grid[0] * grid[1]
+    assert triton.cdiv(T, CHUNK) == triton_forward.SHORT_FORWARD
+    q, k, v, _ = gla_inputs(B, T, H, seed=16)
+    gen = torch.Generator().manual_seed(17)
+    logits, gate = torch.randn(q.shape, generator=gen) * 4.0, torch.randn(v.shape, generator=gen)
+    logits[1, CHUNK + 10:2 * CHUNK, 1, 7] = -2000.0  # logsigmoid / 16: -125 per step, the chunk e^-6750
+    weight = torch.rand(v.shape[-1], generator=gen) + 0.5
+    args = (*(x.to(DEVICE) for x in (q, k, v, logits, gate, weight)), 0.2, 16.0, 1e-5,
+            order_arguments(order, *grid), True)
+    fused = triton_forward.forward(*args)
+    monkeypatch.setattr(triton_forward, "SHORT_FORWARD", 0)
+    per_chunk = triton_forward.forward(*args)
+    for a, b in zip(fused, per_chunk):
+        assert torch.equal(a, b) if not CUDA else torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+    ref = naive_gla(*(x.double() for x in (q, k, v, logits)), order, grid, scale=0.2, gate_logit_normalizer=16.0,
+                    output_gate=gate.double(), norm_weight=weight.double(), norm_eps=1e-5)
+    assert rel_err(fused[0].cpu(), ref) <= 1e-5
 
 
 @pytest.mark.parametrize("order, grid", [(ScanOrder.ROW_FORWARD, (5, 13)), (ScanOrder.COL_REVERSE, (13, 5))])
