@@ -28,3 +28,17 @@ def test_train_step_benchmark_smoke(tmp_path):
                              str(out / "results.jsonl"), "--out", str(tmp_path / "report")],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stderr[-3000:]
+
+
+def test_gla_report_rerenders_the_committed_run(tmp_path):
+    """bench/gla.py --report rebuilds the committed GLA report from its .json without a GPU (the
+    targets are computed, not copied), and refuses a file that is not a run."""
+    committed = ROOT / "bench" / "results" / "gla_nvidia_h200.json"
+    gla = [sys.executable, str(ROOT / "bench" / "gla.py"), "--out", str(tmp_path)]
+    result = subprocess.run(gla + ["--report", str(committed)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "gla_nvidia_h200.md").read_text() == committed.with_suffix(".md").read_text()
+    written = sorted(tmp_path.iterdir())
+    bad = subprocess.run(gla + ["--report", str(ROOT / "README.md")], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert bad.returncode != 0 and "cannot read" in bad.stderr and sorted(tmp_path.iterdir()) == written
