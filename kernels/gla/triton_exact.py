@@ -3,9 +3,11 @@ main kernels, with triton_intra.exact for the intra-chunk part.
 
 The main kernels flag such a chunk (some key channel decays by more than MAX_FAST_DECAY over it)
 and skip it; these kernels then complete every flagged chunk. They run on a fixed number of
-programs that stride over the flags: with DiG's gates nothing is flagged and the cost is one
-launch that reads a byte per chunk; kept apart so the fast kernels carry none of this code's
-registers. Products and rounding as in the main kernels.
+programs that stride over the flags, kept apart so the fast kernels carry none of this code's
+registers. With DiG's gates nothing is flagged, yet each launch costs 7-41 µs (H200, Nsight
+Compute; kernels/gla/README.md): at 175-250 registers and 8 warps one program fits a
+multiprocessor, not PROGRAMS_PER_SM, and each program tests its flags one dependent load at a
+time. Products and rounding as in the main kernels.
 """
 from __future__ import annotations
 
@@ -27,7 +29,8 @@ from .triton_chunk import (
 from .triton_intra import exact, lower
 from .triton_tiles import CHUNK, load_gate, load_tile, mm, scan_rows, state_ptrs, token_strides
 
-# Programs per multiprocessor, and a stand-in for the multiprocessor count under the interpreter.
+# Programs launched per multiprocessor (the registers let one run at a time: see above), and a
+# stand-in for the multiprocessor count under the interpreter.
 PROGRAMS_PER_SM = 4
 INTERPRETER_SMS = 2
 EXACT_LAUNCH = {"num_warps": 8, "num_stages": 1}
