@@ -270,7 +270,7 @@ def versions() -> str:
 def write_report(out: Path, run: dict) -> str:
     """gla_<card>.md and .json from a run: card, date, versions, copy bandwidth, notes, the cases
     done so far and the model steps."""
-    done = [c if isinstance(c, Case) else Case(**c) for c in run["cases"]]
+    done = run["cases"]
     summary = targets(done, run["copy_bandwidth"], run["model_step_ms"])
     report = (f"# GLA kernels at DiG shapes on {run['card']}\n\n{run['date']}; {run['versions']}; copy bandwidth "
               f"{run['copy_bandwidth'] / 1e12:.2f} TB/s (read + write). How it is measured: bench/gla.py's "
@@ -300,7 +300,11 @@ def main() -> None:
             run if isinstance(run, dict) else ())
         if missing:
             sys.exit(f"{args.report} is not a bench/gla.py run: it lacks {', '.join(sorted(missing))}")
-        print(write_report(args.out, run))
+        try:  # the report is rendered whole before anything is written
+            summary = write_report(args.out, {**run, "cases": [Case(**c) for c in run["cases"]]})
+        except (TypeError, ValueError, KeyError, AttributeError, ZeroDivisionError) as e:
+            sys.exit(f"{args.report} does not hold a bench/gla.py run that can be reported: {type(e).__name__}: {e}")
+        print(summary)
         return
     card = torch.cuda.get_device_name()
     print(f"{card}; {versions()}", flush=True)
